@@ -1,0 +1,99 @@
+"""Train SimSiam on DATASET/train/images, prove it on DATASET/valid, export a TorchServe .mar.
+
+    python client_train.py --dataset_path runs/demo_dataset --device cpu \
+        --annotation_data "{'advance_settings': {'epochs': 10, 'input_size': 64}}"
+
+Writes runs/models/<uuid4>/ and runs/metric/trial.txt (SPEC.md, "client_train.py").
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from training.outputs import DEFAULT_RUNS
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--dataset_path",
+        type=str,
+        default="/data/flower_classifier/",
+        help="dataset root with train/, valid/, test/ (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device",
+        type=str,
+        default="cuda",
+        help="cuda, cuda:N or cpu; cuda without a GPU falls back to CPU (default: %(default)s)",
+    )
+    p.add_argument(
+        "--trial_name",
+        type=str,
+        default="autotables-2503-train-1",
+        help="the model is named SimSiam_<trial_name> (default: %(default)s)",
+    )
+    p.add_argument(
+        "--annotation_data",
+        type=str,
+        default="{'advance_settings':{}}",
+        help="Python-literal or JSON dict; advance_settings overrides the training settings "
+        "(see README.md) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--runs_dir",
+        type=str,
+        default=str(DEFAULT_RUNS),
+        help="output root holding models/ and metric/ (default: %(default)s, or $SIMSIAM_RUNS_DIR)",
+    )
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("client_train")
+    # Validate everything cheap before importing the heavy stack or touching the disk.
+    from training.settings import SettingsError, parse_annotation_data
+
+    try:
+        settings = parse_annotation_data(args.annotation_data)
+    except SettingsError as e:
+        log.error("%s", e)
+        return 2
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.trial_name):
+        log.error(
+            "--trial_name %r: use letters, digits, '-', '_' and '.' (it names the TorchServe model)", args.trial_name
+        )
+        return 2
+    dataset = Path(args.dataset_path)
+    if not dataset.is_dir():
+        log.error("--dataset_path %s is not a folder; point it at a dataset with train/, valid/, test/", dataset)
+        return 2
+
+    from training.data import DatasetError
+    from training.device import resolve_device
+    from training.outputs import OutputError
+    from training.train import TrainJob, run
+
+    try:
+        device = resolve_device(args.device)
+        trial = run(TrainJob(dataset, device, args.trial_name, settings, Path(args.runs_dir)))
+    except (DatasetError, OutputError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted: no model folder was committed and trial.txt was not changed")
+        return 130
+    print(f"\nvalid accuracy (held-out linear probe): {trial['metric_value']:.4f}")
+    print(f"model folder: {trial['model_path']}")
+    print(f"trial file:   {Path(args.runs_dir).resolve() / 'metric' / 'trial.txt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

@@ -1,0 +1,98 @@
+"""TorchServe handler: image bytes -> shared eval preset -> batched TorchScript forward -> top-1.
+
+A list of N requests in, a list of N results out. A request whose bytes are not a readable image
+gets its own 400 (through the context's per-request status) and `{"error": ...}`; the rest of the
+batch is answered normally.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+try:  # inside the .mar the preset sits flat beside this file
+    from eval_preset import EvalPreset, ImageDecodeError, load_for_eval
+except ImportError:  # in the repository (tests, client_test.py)
+    from handler.eval_preset import EvalPreset, ImageDecodeError, load_for_eval
+
+log = logging.getLogger(__name__)
+
+
+class SimSiamHandler(BaseHandler):
+    def initialize(self, context) -> None:
+        super().initialize(context)  # loads model.pt (TorchScript) and index_to_name.json
+        model_dir = context.system_properties["model_dir"]
+        self.preset = EvalPreset.load(os.path.join(model_dir, "preprocess.json"))
+        self.classes = [self.mapping[str(i)] for i in range(len(self.mapping))]
+        if self.device.type == "cpu":
+            torch.set_num_threads(self._threads(getattr(context, "model_yaml_config", None) or {}))
+        log.info(
+            "SimSiam handler ready: %d classes, input %d, %d threads",
+            len(self.classes),
+            self.preset.input_size,
+            torch.get_num_threads(),
+        )
+
+    @staticmethod
+    def _threads(config: dict) -> int:
+        # TorchServe sets no thread count: N workers x all cores each would oversubscribe the CPU.
+        env = os.environ.get("SIMSIAM_TORCH_THREADS")
+        if env:
+            return max(1, int(env))
+        configured = int(config.get("handler", {}).get("threads", 0) or 0)
+        if configured > 0:
+            return configured
+        return max(1, (os.cpu_count() or 1) // max(1, int(config.get("minWorkers", 1))))
+
+    def preprocess(self, data: list[dict]) -> tuple[torch.Tensor | None, list[str | None]]:
+        tensors, errors = [], []
+        for row in data:
+            try:
+                tensors.append(load_for_eval(_payload(row), self.preset))
+                errors.append(None)
+            except (ImageDecodeError, ValueError) as e:
+                errors.append(str(e))
+        batch = torch.stack(tensors) if tensors else None
+        return batch, errors
+
+    def inference(self, batch: torch.Tensor | None, *args, **kwargs) -> torch.Tensor | None:
+        if batch is None:
+            return None
+        with torch.inference_mode():
+            return torch.softmax(self.model(batch.to(self.device)).float(), dim=1).cpu()
+
+    def postprocess(self, probs: torch.Tensor | None, errors: list[str | None]) -> list[dict]:
+        out, j = [], 0
+        for i, err in enumerate(errors):
+            if err is not None:
+                if self.context is not None and hasattr(self.context, "set_response_status"):
+                    self.context.set_response_status(400, err, idx=i)
+                out.append({"error": err})
+                continue
+            p, k = probs[j].max(0)
+            j += 1
+            out.append({"class": self.classes[int(k)], "index": int(k), "probability": float(p)})
+        return out
+
+    def handle(self, data: list[dict], context) -> list[dict]:
+        self.context = context
+        batch, errors = self.preprocess(data)
+        return self.postprocess(self.inference(batch), errors)
+
+
+def _payload(row: dict) -> bytes:
+    """The request's image bytes: raw bytes, or base64 text for direct TorchServe JSON clients."""
+    body = row.get("data") if row.get("data") is not None else row.get("body")
+    if isinstance(body, (bytes, bytearray)):
+        return bytes(body)
+    if isinstance(body, str):
+        try:
+            return base64.b64decode(body.split(",", 1)[-1], validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise ValueError(f"the request body is text but not base64: {e}") from e
+    raise ValueError("the request carries no image bytes; send the image file's bytes as the body")

@@ -1,0 +1,153 @@
+"""Reading the dataset layout of SPEC.md: unlabelled `train/images`, labelled `valid|test/images/<class>`.
+
+Every image goes through `handler.eval_preset.decode_image` (EXIF, grey, alpha, bombs), so a
+file that the server would refuse is also skipped here, with a warning that names it.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from handler.eval_preset import EvalPreset, ImageDecodeError, decode_image, load_for_eval
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be used; the message says which folder and what to fix."""
+
+
+@dataclass
+class Skipped:
+    """Files that were listed but could not be read, with the reason for each."""
+
+    items: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, path: str, reason: str) -> None:
+        log.warning("skipping unreadable image %s: %s", path, reason)
+        self.items.append((path, reason))
+
+
+def list_images(root: Path) -> list[Path]:
+    """All image files under root, recursively, sorted; hidden files and folders are ignored."""
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.rglob("*"):
+        rel = p.relative_to(root).parts
+        if any(part.startswith(".") for part in rel):
+            continue  # .DS_Store, ._resource forks, .ipynb_checkpoints
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            found.append(p)
+    return sorted(found)
+
+
+def check_split(dataset: Path, split: str) -> Path:
+    images = dataset / split / "images"
+    if not images.is_dir():
+        raise DatasetError(f"{images} does not exist: the dataset needs {split}/images/ (see SPEC.md 'Dataset layout')")
+    return images
+
+
+@dataclass
+class LabelledSplit:
+    """A labelled split: `paths[i]` has class index `labels[i]` into `classes`."""
+
+    root: Path
+    classes: list[str]
+    paths: list[Path]
+    labels: list[int]
+
+    def rel(self, p: Path) -> str:
+        return p.relative_to(self.root).as_posix()
+
+
+def read_labelled(dataset: Path, split: str, classes: list[str] | None = None) -> LabelledSplit:
+    """List `<split>/images/<class>/**`. With `classes=None` (valid) the sorted sub-folders define
+    the classes; otherwise (test) folders not in `classes` get label -1 (unknown to the model)."""
+    images = check_split(dataset, split)
+    folders = sorted(d.name for d in images.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes is None:
+        classes = [c for c in folders if list_images(images / c)]
+        if len(classes) < 2:
+            raise DatasetError(
+                f"{images} has {len(classes)} class folder(s) with images ({classes}); a classifier needs at "
+                "least 2: put each class's images in its own sub-folder"
+            )
+    index = {c: i for i, c in enumerate(classes)}
+    paths, labels = [], []
+    for c in folders:
+        for p in list_images(images / c):
+            paths.append(p)
+            labels.append(index.get(c, -1))
+    if not paths:
+        raise DatasetError(f"{images} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return LabelledSplit(images, classes, paths, labels)
+
+
+def read_unlabelled(dataset: Path) -> list[Path]:
+    images = check_split(dataset, "train")
+    paths = list_images(images)
+    if not paths:
+        raise DatasetError(
+            f"{images} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); put the unlabelled images there"
+        )
+    return paths
+
+
+def decode_all(paths: list[Path], min_side: int, skipped: Skipped, threads: int = 4) -> list:
+    """Decode every path (reduced JPEG decode with min_side); unreadable ones are None and logged.
+
+    Threads overlap well here: PIL releases the GIL while decoding.
+    """
+
+    def one(p: Path):
+        try:
+            return decode_image(p, min_side=min_side)
+        except ImageDecodeError as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        results = list(pool.map(one, paths))
+    out = []
+    for p, r in zip(paths, results):
+        if isinstance(r, ImageDecodeError):
+            skipped.add(str(p), str(r))
+            out.append(None)
+        else:
+            out.append(r)
+    return out
+
+
+class EvalImages(torch.utils.data.Dataset):
+    """Labelled images through the shared eval preset: `dataset[i]` -> (3xSxS tensor | None, i).
+
+    A file that cannot be decoded yields None; `collate_eval` drops it and keeps its index out.
+    """
+
+    def __init__(self, paths: list[Path], preset: EvalPreset) -> None:
+        self.paths = paths
+        self.preset = preset
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return load_for_eval(self.paths[i], self.preset), i, None
+        except ImageDecodeError as e:
+            return None, i, str(e)
+
+
+def collate_eval(batch: list) -> tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]:
+    good = [(x, i) for x, i, _ in batch if x is not None]
+    bad = [(i, err) for x, i, err in batch if x is None]
+    x = torch.stack([g[0] for g in good]) if good else None
+    return x, [g[1] for g in good], bad

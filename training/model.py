@@ -1,0 +1,93 @@
+"""SimSiam (Chen & He, CVPR 2021, arXiv:2011.10566) as a LightningModule, built from lightly's parts.
+
+Sec. 3 of the paper: two views x1, x2 -> encoder f (backbone + projector) -> z; predictor h -> p;
+loss D(p1, stopgrad(z2))/2 + D(p2, stopgrad(z1))/2 with D the negative cosine similarity.
+lightly's NegativeCosineSimilarity + `z.detach()` is exactly that symmetrised loss.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytorch_lightning as pl
+import torch
+from lightly.loss import NegativeCosineSimilarity
+from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
+from lightly.utils.debug import std_of_l2_normalized
+
+from training.backbone import build_backbone
+from training.settings import Settings
+
+# z-std below this fraction of the healthy 1/sqrt(d) means the outputs are collapsing to a constant.
+COLLAPSE_FRACTION = 0.2
+
+
+class SimSiam(pl.LightningModule):
+    def __init__(self, settings: Settings, steps_per_epoch: int, global_batch: int) -> None:
+        super().__init__()
+        self.save_hyperparameters({"settings": settings.to_dict(), "steps_per_epoch": steps_per_epoch})
+        self.settings = settings
+        self.backbone, feature_dim = build_backbone(settings.backbone, settings.small_stem)
+        self.projection_head = SimSiamProjectionHead(feature_dim, settings.proj_dim, settings.proj_dim)
+        self.prediction_head = SimSiamPredictionHead(settings.proj_dim, settings.pred_hidden_dim, settings.proj_dim)
+        self.criterion = NegativeCosineSimilarity()
+        self.total_steps = max(1, settings.epochs * steps_per_epoch)
+        # Paper Sec. 4: lr = base_lr x batch / 256, with the *global* batch under DDP.
+        self.peak_lr = settings.lr * global_batch / 256
+        self.collapse_floor = COLLAPSE_FRACTION / math.sqrt(settings.proj_dim)
+        self._fit_start = 0.0
+        self._z_std: list[float] = []
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.backbone(x)  # NxC
+        z = self.projection_head(f)  # Nxd
+        p = self.prediction_head(z)  # Nxd
+        return z, p
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x0, x1 = batch
+        z0, p0 = self(x0)
+        z1, p1 = self(x1)
+        loss = 0.5 * (self.criterion(p0, z1.detach()) + self.criterion(p1, z0.detach()))
+        self._z_std.append(float(std_of_l2_normalized(z0.detach().float())))
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x0.shape[0])
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def on_fit_start(self) -> None:
+        self._fit_start = time.monotonic()
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Cosine decay of the encoder lr (paper Sec. 4). With a wall-clock budget the schedule follows
+        # whichever ends first, so a CPU run stopped by the budget still ends at a low lr.
+        progress = self.global_step / self.total_steps
+        if self.settings.time_budget_s > 0:
+            progress = max(progress, (time.monotonic() - self._fit_start) / self.settings.time_budget_s)
+        lr = self.peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        self.optimizers().param_groups[0]["lr"] = lr
+
+    def on_train_epoch_end(self) -> None:
+        z_std = sum(self._z_std) / max(1, len(self._z_std))
+        self._z_std.clear()
+        self.log("z_std", z_std, prog_bar=True, sync_dist=True)
+        self.log("z_std_healthy", 1.0 / math.sqrt(self.settings.proj_dim))
+        if z_std < self.collapse_floor and self.trainer.is_global_zero:
+            self.print(
+                f"WARNING: representation collapse: std of l2-normalised z is {z_std:.4f}, healthy is "
+                f"~{1 / math.sqrt(self.settings.proj_dim):.4f}; lower lr or check the augmentations"
+            )
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        s = self.settings
+        encoder = list(self.backbone.parameters()) + list(self.projection_head.parameters())
+        # Paper Sec. 4 / Table 1: the predictor keeps a fixed lr (no decay) -- it works better.
+        return torch.optim.SGD(
+            [
+                {"params": encoder, "lr": self.peak_lr},
+                {"params": self.prediction_head.parameters(), "lr": self.peak_lr},
+            ],
+            lr=self.peak_lr,
+            momentum=s.momentum,
+            weight_decay=s.weight_decay,
+        )

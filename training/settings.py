@@ -1,0 +1,138 @@
+"""Training settings: defaults, `--annotation_data` parsing and validation.
+
+`advance_settings` in `--annotation_data` overrides the defaults below. An unknown key or a bad
+value is a SettingsError whose message lists the valid keys, before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+BACKBONES = ("resnet18", "resnet34", "resnet50")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
+
+
+class SettingsError(ValueError):
+    """A bad `--annotation_data`; the message names the key, the value and the fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Defaults suit a GPU and a few thousand images (SimSiam paper, Sec. 4 and Appendix A)."""
+
+    epochs: int = 100  # passes over train/images
+    batch_size: int = 128  # per device
+    input_size: int = 224  # crop side in pixels; < 64 switches to the CIFAR stem (paper, Appendix D)
+    lr: float = 0.05  # base lr; the used lr is lr * global_batch / 256 with cosine decay
+    backbone: str = "resnet18"  # torchvision ResNet, randomly initialised
+    seed: int = 42
+    num_workers: int = 4  # DataLoader processes; capped at the CPU count
+    weight_decay: float = 1e-4  # paper: 1e-4 on ImageNet, 5e-4 on CIFAR
+    momentum: float = 0.9
+    proj_dim: int = 2048  # projector output d; the collapse monitor is healthy near 1/sqrt(d)
+    pred_hidden_dim: int = 512  # predictor bottleneck (paper: d/4)
+    min_scale: float = 0.2  # RandomResizedCrop lower scale bound (paper: 0.2)
+    time_budget_s: float = 0.0  # wall-clock cap on pretraining, 0 = none; cosine decay ends at it
+    cache_mb: int = 2048  # memory for decoded, downscaled train images; the rest is read from disk
+    cv_folds: int = 5  # stratified folds inside valid for the held-out accuracy
+    knn_k: int = 20  # neighbours for the logged kNN accuracy
+    devices: int = 1  # devices per node (GPUs, or CPU processes with strategy ddp)
+    num_nodes: int = 1
+    strategy: str = "auto"  # Lightning strategy; "ddp" for torchrun / SLURM
+    precision: str = "auto"  # "auto" = 16-mixed on GPU, 32-true on CPU
+
+    @property
+    def small_stem(self) -> bool:
+        return self.input_size < 64
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_CHECKS: dict[str, tuple[type, Any, str]] = {
+    # key: (type, predicate, what a valid value is)
+    "epochs": (int, lambda v: 1 <= v <= 100_000, "an integer >= 1"),
+    "batch_size": (int, lambda v: 2 <= v <= 65_536, "an integer >= 2 (BatchNorm needs 2 samples)"),
+    "input_size": (int, lambda v: 16 <= v <= 1024, "an integer from 16 to 1024"),
+    "lr": (float, lambda v: 0 < v <= 10, "a number > 0, e.g. 0.05"),
+    "backbone": (str, lambda v: v in BACKBONES, f"one of {', '.join(BACKBONES)}"),
+    "seed": (int, lambda v: 0 <= v < 2**32, "an integer from 0 to 2**32-1"),
+    "num_workers": (int, lambda v: 0 <= v <= 256, "an integer >= 0"),
+    "weight_decay": (float, lambda v: 0 <= v < 1, "a number from 0 to 1, e.g. 1e-4"),
+    "momentum": (float, lambda v: 0 <= v < 1, "a number from 0 to 1, e.g. 0.9"),
+    "proj_dim": (int, lambda v: 16 <= v <= 16_384, "an integer from 16 to 16384"),
+    "pred_hidden_dim": (int, lambda v: 8 <= v <= 16_384, "an integer from 8 to 16384"),
+    "min_scale": (float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "time_budget_s": (float, lambda v: v >= 0, "seconds >= 0 (0 = no budget)"),
+    "cache_mb": (int, lambda v: v >= 0, "megabytes >= 0"),
+    "cv_folds": (int, lambda v: 2 <= v <= 20, "an integer from 2 to 20"),
+    "knn_k": (int, lambda v: 1 <= v <= 1000, "an integer >= 1"),
+    "devices": (int, lambda v: 1 <= v <= 1024, "an integer >= 1"),
+    "num_nodes": (int, lambda v: 1 <= v <= 4096, "an integer >= 1"),
+    "strategy": (str, lambda v: v in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
+    "precision": (str, lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+}
+assert set(_CHECKS) == {f.name for f in fields(Settings)}, "every setting needs a check"
+
+
+def valid_keys_help() -> str:
+    defaults = Settings().to_dict()
+    return "; ".join(f"{k} ({what}, default {defaults[k]!r})" for k, (_, _, what) in _CHECKS.items())
+
+
+def parse_annotation_data(text: str) -> Settings:
+    """Parse `--annotation_data` (a Python literal or JSON dict) into validated Settings."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            data = ast.literal_eval(text)
+        except (ValueError, SyntaxError) as e:
+            raise SettingsError(
+                f"--annotation_data is neither JSON nor a Python literal ({e}); "
+                "pass e.g. \"{'advance_settings': {'epochs': 10}}\""
+            ) from e
+    if not isinstance(data, dict):
+        raise SettingsError(f"--annotation_data must be a dict, got {type(data).__name__}")
+    advance = data.get("advance_settings", {})
+    if advance is None:
+        advance = {}
+    if not isinstance(advance, dict):
+        raise SettingsError(f"advance_settings must be a dict, got {type(advance).__name__}")
+    return build_settings(advance)
+
+
+def build_settings(overrides: dict[str, Any]) -> Settings:
+    unknown = sorted(set(overrides) - set(_CHECKS))
+    if unknown:
+        raise SettingsError(f"unknown advance_settings key(s) {unknown}. Valid keys: {valid_keys_help()}")
+    values = {}
+    for key, value in overrides.items():
+        typ, ok, what = _CHECKS[key]
+        values[key] = _coerce(key, value, typ, what)
+        if not ok(values[key]):
+            raise SettingsError(f"advance_settings {key}={value!r} is invalid: it must be {what}")
+    return Settings(**values)
+
+
+def _coerce(key: str, value: Any, typ: type, what: str) -> Any:
+    bad = SettingsError(f"advance_settings {key}={value!r} has the wrong type: it must be {what}")
+    if isinstance(value, bool):
+        raise bad  # True is an int in Python; never what a user means by epochs=True
+    if typ is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int):
+            raise bad
+        return value
+    if typ is float:
+        if not isinstance(value, (int, float)) or value != value:  # NaN
+            raise bad
+        return float(value)
+    if not isinstance(value, str):
+        raise bad
+    return value
