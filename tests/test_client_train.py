@@ -1,0 +1,93 @@
+"""client_train.py end to end: the spec's trial.txt, and clear failures that write nothing."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_train
+
+TRIAL_TYPES = {
+    "recom_model": str,
+    "gened_model_name": str,
+    "metric_type": str,
+    "metric_value": float,
+    "used_models": str,
+    "model_path": str,
+    "model_params": dict,
+    "eval_result": dict,
+    "predict_prob": dict,
+    "train_consuming": dict,
+}
+
+
+def test_trial_txt_matches_the_spec_key_for_key_and_type_for_type(trained_model):
+    trial = json.loads((Path(trained_model["runs_dir"]) / "metric" / "trial.txt").read_text())
+    assert list(trial) == list(TRIAL_TYPES)
+    for key, typ in TRIAL_TYPES.items():
+        assert type(trial[key]) is typ, key
+    assert trial["recom_model"] == trial["used_models"] == "SimSiam"
+    assert trial["gened_model_name"] == "SimSiam_tiny" and trial["metric_type"] == "acc"
+    assert 0.0 <= trial["metric_value"] <= 1.0 and round(trial["metric_value"], 4) == trial["metric_value"]
+    assert trial["eval_result"] == {"SimSiam": {"eval": {"acc": trial["metric_value"]}}}
+    consuming = trial["train_consuming"]["SimSiam"]
+    assert list(consuming) == ["total", "train_time", "valid_time"]
+    assert all(type(v) is float and v > 0 for v in consuming.values())
+    assert consuming["total"] >= consuming["train_time"] + consuming["valid_time"]
+    model_path = Path(trial["model_path"])
+    assert model_path.is_absolute() and model_path.parent == Path(trained_model["runs_dir"]).resolve() / "models"
+    assert (model_path / "SimSiam_tiny.mar").is_file()
+    assert trial["model_params"]["epochs"] == 1 and trial["model_params"]["backbone"] == "resnet18"
+    # No staging folder is left behind once the model folder is committed.
+    assert [p.name for p in model_path.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def _assert_nothing_written(runs: Path):
+    assert not (runs / "metric" / "trial.txt").exists()
+    assert not any((runs / "models").glob("*")) if (runs / "models").exists() else True
+
+
+def test_unknown_setting_fails_before_anything_is_written(tiny_dataset, tmp_path):
+    proc = run_train(tiny_dataset, tmp_path, settings={"epochz": 3})
+    assert proc.returncode != 0
+    assert "epochz" in proc.stderr and "Valid keys" in proc.stderr and "batch_size" in proc.stderr
+    _assert_nothing_written(tmp_path)
+
+
+def test_valid_with_one_class_is_a_clear_error(tiny_dataset, tmp_path):
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, ds)
+    for cls in list((ds / "valid" / "images").iterdir())[1:]:
+        shutil.rmtree(cls)
+    runs = tmp_path / "runs"
+    proc = run_train(ds, runs)
+    assert proc.returncode != 0 and "at least 2" in proc.stderr
+    _assert_nothing_written(runs)
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    proc = run_train(tmp_path / "nope", tmp_path / "runs")
+    assert proc.returncode != 0 and "is not a folder" in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+def test_cuda_falls_back_to_cpu_and_a_wall_clock_budget_stops_training(tiny_dataset, tmp_path):
+    settings = {
+        "epochs": 1000,
+        "time_budget_s": 3,
+        "batch_size": 8,
+        "input_size": 32,
+        "num_workers": 0,
+        "proj_dim": 32,
+        "pred_hidden_dim": 8,
+        "cv_folds": 2,
+    }
+    proc = run_train(tiny_dataset, tmp_path, trial_name="budget", settings=settings, device="cuda")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "falling back to CPU" in proc.stderr
+    trial = json.loads((tmp_path / "metric" / "trial.txt").read_text())
+    assert trial["train_consuming"]["SimSiam"]["train_time"] < 60
+    info = json.loads((Path(trial["model_path"]) / "model_info.json").read_text())
+    assert info["pretraining"]["epochs"] < 1000

@@ -1,0 +1,50 @@
+"""TorchScript export round trip and the .mar contents."""
+
+import json
+import zipfile
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from export.torchscript import export_torchscript
+from training.backbone import build_backbone
+
+
+def test_torchscript_round_trip_gives_the_same_outputs(tmp_path):
+    encoder, dim = build_backbone("resnet18", small_stem=True)
+    head = nn.Linear(dim, 3)
+    reloaded = export_torchscript(encoder.eval(), head, 32, tmp_path / "model.pt")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(reloaded(x), head(encoder.eval()(x)), atol=1e-5)
+    assert reloaded(x).shape == (2, 3)
+
+
+def test_trained_model_folder_and_mar_contents(trained_model):
+    folder = Path(trained_model["model_path"])
+    name = trained_model["gened_model_name"]
+    for f in (
+        "model.pt",
+        "index_to_name.json",
+        "preprocess.json",
+        "settings.json",
+        "model_info.json",
+        "model-config.yaml",
+        "training_curves.png",
+        "logs/metrics.csv",
+        f"{name}.mar",
+    ):
+        assert (folder / f).is_file(), f
+    with zipfile.ZipFile(folder / f"{name}.mar") as z:
+        names = set(z.namelist())
+        manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
+        config = yaml.safe_load(z.read("model-config.yaml"))
+    assert {"model.pt", "simsiam_handler.py", "eval_preset.py", "index_to_name.json", "preprocess.json"} <= names
+    assert manifest["model"]["modelName"] == name and manifest["model"]["handler"] == "simsiam_handler.py"
+    assert config["batchSize"] >= 2 and config["maxBatchDelay"] > 0 and config["minWorkers"] >= 1
+    preset = json.loads((folder / "preprocess.json").read_text())
+    assert preset["input_size"] == 32
+    scripted = torch.jit.load(str(folder / "model.pt"))
+    assert scripted(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
