@@ -89,6 +89,8 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         log.error("interrupted: no model folder was committed and trial.txt was not changed")
         return 130
+    if not trial:
+        return 0  # a DDP worker: rank 0 reports
     print(f"\nvalid accuracy (held-out linear probe): {trial['metric_value']:.4f}")
     print(f"model folder: {trial['model_path']}")
     print(f"trial file:   {Path(args.runs_dir).resolve() / 'metric' / 'trial.txt'}")

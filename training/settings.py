@@ -36,6 +36,9 @@ class Settings:
     proj_dim: int = 2048  # projector output d; the collapse monitor is healthy near 1/sqrt(d)
     pred_hidden_dim: int = 512  # predictor bottleneck (paper: d/4)
     min_scale: float = 0.2  # RandomResizedCrop lower scale bound (paper: 0.2)
+    cj_strength: float = 1.0  # colour-jitter strength: brightness/contrast/saturation 0.4x, hue 0.1x (paper: 1)
+    cj_hue: float = 0.1  # hue jitter before cj_strength; 0.5 makes colour useless as a shortcut
+    gray_prob: float = 0.2  # RandomGrayscale probability (paper: 0.2)
     time_budget_s: float = 0.0  # wall-clock cap on pretraining, 0 = none; cosine decay ends at it
     cache_mb: int = 2048  # memory for decoded, downscaled train images; the rest is read from disk
     cv_folds: int = 5  # stratified folds inside valid for the held-out accuracy
@@ -67,6 +70,9 @@ _CHECKS: dict[str, tuple[type, Any, str]] = {
     "proj_dim": (int, lambda v: 16 <= v <= 16_384, "an integer from 16 to 16384"),
     "pred_hidden_dim": (int, lambda v: 8 <= v <= 16_384, "an integer from 8 to 16384"),
     "min_scale": (float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "cj_strength": (float, lambda v: 0 <= v <= 2.5, "a number from 0 to 2.5"),
+    "cj_hue": (float, lambda v: 0 <= v <= 0.5, "a number from 0 to 0.5"),
+    "gray_prob": (float, lambda v: 0 <= v <= 1, "a probability from 0 to 1"),
     "time_budget_s": (float, lambda v: v >= 0, "seconds >= 0 (0 = no budget)"),
     "cache_mb": (int, lambda v: v >= 0, "megabytes >= 0"),
     "cv_folds": (int, lambda v: 2 <= v <= 20, "an integer from 2 to 20"),

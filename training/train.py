@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -72,21 +73,37 @@ def run(job: TrainJob) -> dict:
     transform = SimSiamTransform(
         input_size=s.input_size,
         min_scale=s.min_scale,
+        cj_strength=s.cj_strength,
+        cj_hue=min(s.cj_hue, 0.5 / s.cj_strength) if s.cj_strength > 0 else 0.0,  # ColorJitter caps hue at 0.5
+        random_gray_scale=s.gray_prob,
         # The paper's CIFAR recipe has no blur: at 32 px it erases the little detail there is.
         gaussian_blur=0.0 if s.small_stem else 0.5,
     )
     train_set = PretrainImages(train_paths, s.input_size, transform, s.cache_mb, skipped, threads)
 
+    if global_rank(s) != 0:
+        # DDP workers (torchrun, SLURM, Lightning's launcher) train but write nothing: rank 0 owns the outputs.
+        with tempfile.TemporaryDirectory(prefix="simsiam-rank-") as scratch:
+            return _train_and_export(job, None, Path(scratch), train_set, valid, preset, skipped, t0)
     run_dir = RunFolder(job.runs_dir)
     try:
-        trial = _train_and_export(job, run_dir, train_set, valid, preset, skipped, t0)
+        trial = _train_and_export(job, run_dir, run_dir.path, train_set, valid, preset, skipped, t0)
     except BaseException:
         run_dir.discard()
         raise
     return trial
 
 
-def _train_and_export(job, run_dir, train_set, valid, preset, skipped, t0) -> dict:
+def global_rank(s: Settings) -> int:
+    """This process's rank before Lightning starts: torchrun/SLURM set RANK/SLURM_PROCID; Lightning's own
+    launcher sets NODE_RANK and LOCAL_RANK in the processes it starts."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return int(os.environ.get("NODE_RANK", 0)) * s.devices + int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _train_and_export(job, run_dir: RunFolder | None, work: Path, train_set, valid, preset, skipped, t0) -> dict:
     s = job.settings
     on_gpu = job.device.type == "cuda"
     batch = min(s.batch_size, len(train_set))
@@ -112,8 +129,8 @@ def _train_and_export(job, run_dir, train_set, valid, preset, skipped, t0) -> di
         precision=("16-mixed" if on_gpu else "32-true") if s.precision == "auto" else s.precision,
         max_epochs=s.epochs,
         max_time=timedelta(seconds=s.time_budget_s) if s.time_budget_s > 0 else None,
-        logger=CSVLogger(save_dir=str(run_dir.path), name="logs", version=""),
-        callbacks=[ModelCheckpoint(dirpath=str(run_dir.path / "checkpoints"), save_last=True, save_top_k=0)],
+        logger=CSVLogger(save_dir=str(work), name="logs", version=""),
+        callbacks=[ModelCheckpoint(dirpath=str(work / "checkpoints"), save_last=True, save_top_k=0)],
         log_every_n_steps=max(1, min(50, len(loader))),
         enable_model_summary=False,
         deterministic=False,
@@ -123,6 +140,8 @@ def _train_and_export(job, run_dir, train_set, valid, preset, skipped, t0) -> di
     train_time = time.monotonic() - t_train
     images_per_s = trainer.global_step * batch * world / max(train_time, 1e-9)
     log.info("pretraining: %d steps in %.1f s (%.1f images/s)", trainer.global_step, train_time, images_per_s)
+    if run_dir is None or not trainer.is_global_zero:
+        return {}  # the downstream evaluation and export run once, on rank 0
 
     t_valid = time.monotonic()
     encoder = model.backbone.to(job.device)

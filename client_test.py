@@ -1,0 +1,94 @@
+"""Offline test: score DATASET/test/images/<class>/** with a trained model, as the server would.
+
+    python client_test.py --dataset_path runs/demo_dataset --model_path runs/models/<uuid4> \
+        --used_model SimSiam_autotables-2503-train-1 --device cpu
+
+Writes a new runs/models/<uuid4>/ (evaluation_<unix seconds>.json, confusion_matrix.png) and
+runs/metric/trial.txt (SPEC.md, "client_test.py").
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from training.outputs import DEFAULT_RUNS
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--dataset_path",
+        type=str,
+        default="/data/flower_classifier/",
+        help="dataset root; its test/images/<class>/ split is scored (default: %(default)s)",
+    )
+    p.add_argument(
+        "--model_path",
+        type=str,
+        default="/app/tianji/runs/models/91e2c5a9-35e4-45ee-90e4-c53d85558bbc",
+        help="model folder written by client_train.py (default: %(default)s)",
+    )
+    p.add_argument(
+        "--used_model",
+        type=str,
+        default="SimSiam_autotables-2503-train-1",
+        help="the model the folder must hold, SimSiam_<trial_name> (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device",
+        type=str,
+        default="cuda",
+        help="cuda, cuda:N or cpu; cuda without a GPU falls back to CPU (default: %(default)s)",
+    )
+    p.add_argument(
+        "--runs_dir",
+        type=str,
+        default=str(DEFAULT_RUNS),
+        help="output root holding models/ and metric/ (default: %(default)s, or $SIMSIAM_RUNS_DIR)",
+    )
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("client_test")
+    # Refuse a wrong folder or dataset before importing torch or touching the disk.
+    from training.model_folder import ModelFolderError, open_model_folder
+
+    dataset = Path(args.dataset_path)
+    if not dataset.is_dir():
+        log.error("--dataset_path %s is not a folder; point it at a dataset with test/images/<class>/", dataset)
+        return 2
+    try:
+        model = open_model_folder(args.model_path, args.used_model)
+    except ModelFolderError as e:
+        log.error("%s", e)
+        return 2
+
+    from training.data import DatasetError
+    from training.device import resolve_device
+    from training.evaluate import TestJob, format_summary, run
+    from training.outputs import OutputError
+
+    try:
+        device = resolve_device(args.device)
+        trial, evaluation = run(TestJob(dataset, model, device, Path(args.runs_dir)))
+    except (DatasetError, ModelFolderError, OutputError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted: no output folder was committed and trial.txt was not changed")
+        return 130
+    print()
+    print(format_summary(evaluation))
+    print(f"\noutput folder: {trial['model_path']}")
+    print(f"evaluation:    {trial['predict_result_filename']} (+ confusion_matrix.png)")
+    print(f"trial file:    {Path(args.runs_dir).resolve() / 'metric' / 'trial.txt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

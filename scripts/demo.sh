@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The main job on the embedded default: set-up, make the demo dataset, train SimSiam on it (CPU),
+# score the test split, then serve the model once and send it one request.
+#   bash scripts/demo.sh            # everything under runs/
+#   SKIP_SERVE=1 bash scripts/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+PY=.venv/bin/python
+DATA=${DEMO_DATASET:-runs/demo_dataset}
+DEVICE=${DEVICE:-cpu}
+# Sized for 2 CPU cores and ~3 minutes of pretraining; on a GPU use the defaults (see README).
+SETTINGS=${DEMO_SETTINGS:-"{'advance_settings': {'epochs': 40, 'input_size': 64, 'batch_size': 64, 'lr': 0.3, 'num_workers': 2, 'time_budget_s': 170}}"}
+
+if [ ! -d "$DATA/train/images" ]; then
+  "$PY" -m training.demo_data "$DATA"
+fi
+
+"$PY" client_train.py --dataset_path "$DATA" --device "$DEVICE" --trial_name demo --annotation_data "$SETTINGS"
+MODEL=$("$PY" -c "import json; print(json.load(open('runs/metric/trial.txt'))['model_path'])")
+cp runs/metric/trial.txt runs/metric/trial_train.txt
+
+if [ -f client_test.py ]; then
+  "$PY" client_test.py --dataset_path "$DATA" --model_path "$MODEL" --used_model SimSiam_demo --device "$DEVICE"
+fi
+
+if [ -f client_infer.py ] && [ -z "${SKIP_SERVE:-}" ]; then
+  "$PY" scripts/demo_serve.py --model_path "$MODEL" --used_model SimSiam_demo --device "$DEVICE" \
+    --image "$(find "$DATA/test/images" -type f | sort | head -n1)"
+fi
+echo "demo done: model folder $MODEL"
