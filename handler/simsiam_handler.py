@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import os
 
@@ -70,14 +71,20 @@ class SimSiamHandler(BaseHandler):
         out, j = [], 0
         for i, err in enumerate(errors):
             if err is not None:
-                if self.context is not None and hasattr(self.context, "set_response_status"):
-                    self.context.set_response_status(400, err, idx=i)
+                self._reject(i, err)
                 out.append({"error": err})
                 continue
             p, k = probs[j].max(0)
             j += 1
             out.append({"class": self.classes[int(k)], "index": int(k), "probability": float(p)})
         return out
+
+    def _reject(self, i: int, err: str) -> None:
+        if self.context is None or not hasattr(self.context, "set_response_status"):
+            return
+        # An envelope (KServe) may pack several instances into one request: then the error stays in its row.
+        with contextlib.suppress(IndexError, TypeError):
+            self.context.set_response_status(400, err, idx=i)
 
     def handle(self, data: list[dict], context) -> list[dict]:
         self.context = context

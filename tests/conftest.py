@@ -42,7 +42,7 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         min_side=24,
         max_side=72,
         seed=1,
-        classes=["circles", "stripes", "checkers"],
+        classes=["dots", "stripes", "checkers"],
     )
 
 

@@ -101,9 +101,9 @@ def test_accuracy_is_share_of_correct_rows(evaluated: dict, tiny_dataset: Path, 
     share = sum(r["correct"] for r in rows) / len(rows)
     assert e["accuracy"] == round(share, 4) == trial["test_result"]["SimSiam"]["test"]["acc"]
     cm = e["confusion_matrix"]
-    assert cm["labels"] == e["classes"] == ["checkers", "circles", "stripes"]
+    assert cm["labels"] == e["classes"] == ["checkers", "dots", "stripes"]
     assert sum(map(sum, cm["matrix"])) == len(rows) and sum(cm["matrix"][i][i] for i in range(3)) == e["correct"]
-    assert {c: m["support"] for c, m in e["per_class"].items()} == {"checkers": 3, "circles": 3, "stripes": 3}
+    assert {c: m["support"] for c, m in e["per_class"].items()} == {"checkers": 3, "dots": 3, "stripes": 3}
     assert e["model_path"] == trained_model["model_path"] and e["used_model"] == trained_model["gened_model_name"]
     out = evaluated["proc"].stdout
     assert f"test accuracy: {e['accuracy']:.4f}" in out and trial["model_path"] in out and "stripes" in out
@@ -135,9 +135,9 @@ def test_unknown_class_and_unreadable_images(tiny_dataset: Path, trained_model: 
     shutil.copytree(tiny_dataset / "test", dataset / "test")
     daisy = dataset / "test" / "images" / "雏菊"
     daisy.mkdir()
-    for p in sorted((dataset / "test" / "images" / "circles").iterdir())[:2]:
+    for p in sorted((dataset / "test" / "images" / "dots").iterdir())[:2]:
         shutil.copy(p, daisy / f"雏菊_{p.name}")
-    (dataset / "test" / "images" / "circles" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (dataset / "test" / "images" / "dots" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (dataset / "test" / "images" / "stripes" / "empty.png").write_bytes(b"")
     runs = tmp_path / "runs"
     proc = run_client_test(dataset, trained_model["model_path"], trained_model["gened_model_name"], runs)
@@ -145,12 +145,12 @@ def test_unknown_class_and_unreadable_images(tiny_dataset: Path, trained_model: 
     _, e = read_outputs(runs)
     assert e["unknown_classes"] == ["雏菊"]
     assert "雏菊" in proc.stdout and "雏菊" in proc.stderr
-    assert {s["path"] for s in e["skipped"]} == {"circles/broken.jpg", "stripes/empty.png"}
+    assert {s["path"] for s in e["skipped"]} == {"dots/broken.jpg", "stripes/empty.png"}
     assert "broken.jpg" in proc.stderr and "empty.png" in proc.stderr
     rows = e["predictions"]
     assert len(rows) == 11 and not any(r["correct"] for r in rows if r["true_class"] == "雏菊")
     assert e["accuracy"] == round(sum(r["correct"] for r in rows) / 11, 4)
-    assert e["confusion_matrix"]["labels"] == ["checkers", "circles", "stripes", "雏菊"]
+    assert e["confusion_matrix"]["labels"] == ["checkers", "dots", "stripes", "雏菊"]
     assert e["per_class"]["雏菊"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}
 
 
@@ -178,8 +178,8 @@ def test_bad_model_path(case: str, tiny_dataset: Path, tmp_path: Path) -> None:
 
 def test_test_split_without_a_readable_image(trained_model: dict, tmp_path: Path) -> None:
     dataset = tmp_path / "dataset"
-    (dataset / "test" / "images" / "circles").mkdir(parents=True)
-    (dataset / "test" / "images" / "circles" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (dataset / "test" / "images" / "dots").mkdir(parents=True)
+    (dataset / "test" / "images" / "dots" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     runs = runs_with_a_trial(trained_model, tmp_path)
     before = snapshot(runs)
     proc = run_client_test(dataset, trained_model["model_path"], trained_model["gened_model_name"], runs)

@@ -2,7 +2,8 @@
 
     python -m training.demo_data runs/demo_dataset --train-per-class 100
 
-Six classes that differ in shape and texture, never in colour: every image draws its foreground and
+Six classes that differ in shape and texture, never in colour (patterns fill the image, so every crop
+shows its class): every image draws its foreground and
 background colours from the same distribution, so the mean colour says nothing about the class and a
 model must learn shapes. Images come at mixed resolutions and formats (JPEG, PNG, BMP, WebP, TIFF;
 RGB, grey, RGBA), and train/images has nested folders, as users' folders do.
@@ -21,23 +22,23 @@ from PIL import Image, ImageDraw, ImageFilter
 Draw = Callable[[ImageDraw.ImageDraw, int, random.Random, tuple, tuple], None]
 
 
-def _circles(d: ImageDraw.ImageDraw, s: int, r: random.Random, fg: tuple, bg: tuple) -> None:
-    for _ in range(r.randint(1, 4)):
-        rad = r.uniform(0.1, 0.3) * s
-        x, y = r.uniform(rad, s - rad), r.uniform(rad, s - rad)
-        d.ellipse([x - rad, y - rad, x + rad, y + rad], fill=fg)
+def _scattered(sides: int) -> Draw:
+    """Many small shapes of one kind over the whole image (sides 0 = discs), so every crop shows some."""
 
-
-def _polygons(sides: int) -> Draw:
     def draw(d: ImageDraw.ImageDraw, s: int, r: random.Random, fg: tuple, bg: tuple) -> None:
-        for _ in range(r.randint(1, 3)):
-            rad = r.uniform(0.15, 0.35) * s
-            x, y, rot = r.uniform(rad, s - rad), r.uniform(rad, s - rad), r.uniform(0, 2 * math.pi)
-            pts = [
-                (x + rad * math.cos(rot + 2 * math.pi * k / sides), y + rad * math.sin(rot + 2 * math.pi * k / sides))
-                for k in range(sides)
-            ]
-            d.polygon(pts, fill=fg)
+        size = r.uniform(0.05, 0.1) * s
+        for _ in range(int(r.uniform(0.5, 1.0) * (s / size) ** 2 / 4)):
+            rad = size * r.uniform(0.7, 1.3)
+            x, y, rot = r.uniform(0, s), r.uniform(0, s), r.uniform(0, 2 * math.pi)
+            colour = _near(fg, r)
+            if sides == 0:
+                d.ellipse([x - rad, y - rad, x + rad, y + rad], fill=colour)
+            else:
+                step = 2 * math.pi / sides
+                d.polygon(
+                    [(x + rad * math.cos(rot + k * step), y + rad * math.sin(rot + k * step)) for k in range(sides)],
+                    fill=colour,
+                )
 
     return draw
 
@@ -48,33 +49,38 @@ def _stripes(d: ImageDraw.ImageDraw, s: int, r: random.Random, fg: tuple, bg: tu
     width = max(1, int(period / 2))
     for k in range(-int(2 * s / period), int(2 * s / period)):
         cx, cy = s / 2 + k * period * -dy, s / 2 + k * period * dx
-        d.line([(cx - 2 * s * dx, cy - 2 * s * dy), (cx + 2 * s * dx, cy + 2 * s * dy)], fill=fg, width=width)
+        d.line([(cx - 2 * s * dx, cy - 2 * s * dy), (cx + 2 * s * dx, cy + 2 * s * dy)], fill=_near(fg, r), width=width)
 
 
 def _checkers(d: ImageDraw.ImageDraw, s: int, r: random.Random, fg: tuple, bg: tuple) -> None:
-    n = r.randint(3, 7)
+    n = r.randint(4, 9)
     cell = s / n
     for i in range(n):
         for j in range(n):
             if (i + j) % 2 == 0:
-                d.rectangle([i * cell, j * cell, (i + 1) * cell, (j + 1) * cell], fill=fg)
+                d.rectangle([i * cell, j * cell, (i + 1) * cell, (j + 1) * cell], fill=_near(fg, r))
 
 
 def _rings(d: ImageDraw.ImageDraw, s: int, r: random.Random, fg: tuple, bg: tuple) -> None:
-    x, y = r.uniform(0.3, 0.7) * s, r.uniform(0.3, 0.7) * s
+    x, y = r.uniform(0.2, 0.8) * s, r.uniform(0.2, 0.8) * s
     step = r.uniform(0.06, 0.12) * s
-    for k in range(1, 12):
+    for k in range(1, int(1.5 * s / step)):
         rad = k * step
-        d.ellipse([x - rad, y - rad, x + rad, y + rad], outline=fg, width=max(1, int(step / 2.5)))
+        d.ellipse([x - rad, y - rad, x + rad, y + rad], outline=_near(fg, r), width=max(1, int(step / 2.5)))
+
+
+def _near(colour: tuple, r: random.Random, spread: int = 40) -> tuple[int, int, int]:
+    """A colour close to `colour`: shapes in one image vary a little, as real objects do."""
+    return tuple(max(0, min(255, c + r.randint(-spread, spread))) for c in colour)
 
 
 CLASSES: dict[str, Draw] = {
     "checkers": _checkers,
-    "circles": _circles,
+    "dots": _scattered(0),
     "rings": _rings,
-    "squares": _polygons(4),
+    "squares": _scattered(4),
     "stripes": _stripes,
-    "triangles": _polygons(3),
+    "triangles": _scattered(3),
 }
 FORMATS = [("jpg", "JPEG"), ("png", "PNG"), ("jpeg", "JPEG"), ("bmp", "BMP"), ("webp", "WEBP"), ("tiff", "TIFF")]
 
@@ -83,13 +89,21 @@ def _colour(r: random.Random) -> tuple[int, int, int]:
     return tuple(r.randint(0, 255) for _ in range(3))
 
 
+def _gradient(size: int, a: tuple, b: tuple, angle: float) -> Image.Image:
+    """A linear gradient from colour a to b: crops of one image differ in colour, so colour alone cannot tell
+    two views of the same image apart from others -- the texture has to."""
+    ramp = Image.linear_gradient("L").rotate(math.degrees(angle), resample=Image.Resampling.BILINEAR, expand=False)
+    mask = ramp.resize((size, size))
+    return Image.composite(Image.new("RGB", (size, size), b), Image.new("RGB", (size, size), a), mask)
+
+
 def draw_image(cls: str, r: random.Random, min_side: int, max_side: int) -> Image.Image:
     s = r.randint(min_side, max_side)
     fg, bg = _colour(r), _colour(r)
     while sum(abs(a - b) for a, b in zip(fg, bg)) < 150:  # keep the shape visible
         fg = _colour(r)
     # Draw 2x larger and downsample: anti-aliased edges, like photographs.
-    im = Image.new("RGB", (2 * s, 2 * s), bg)
+    im = _gradient(2 * s, bg, _near(bg, r, 80), r.uniform(0, 2 * math.pi))
     CLASSES[cls](ImageDraw.Draw(im), 2 * s, r, fg, bg)
     im = im.resize((s, int(s * r.uniform(0.75, 1.33))), Image.Resampling.LANCZOS)
     if r.random() < 0.3:
