@@ -125,7 +125,9 @@ def _train_and_export(job, run_dir: RunFolder | None, work: Path, train_set, val
         devices=[job.device.index or 0] if on_gpu and s.devices == 1 else s.devices,
         num_nodes=s.num_nodes,
         strategy=s.strategy,
-        sync_batchnorm=s.strategy.startswith("ddp"),  # SimSiam's BN statistics must span all devices
+        # SimSiam's BN statistics must span all devices; torch's SyncBatchNorm exists for CUDA only, so CPU
+        # (gloo) DDP keeps per-process BN -- fine for tests, not a way to train at scale.
+        sync_batchnorm=s.strategy.startswith("ddp") and on_gpu,
         precision=("16-mixed" if on_gpu else "32-true") if s.precision == "auto" else s.precision,
         max_epochs=s.epochs,
         max_time=timedelta(seconds=s.time_budget_s) if s.time_budget_s > 0 else None,

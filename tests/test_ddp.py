@@ -1,0 +1,23 @@
+"""Two-process DDP training on CPU (gloo), end to end: one model folder, one trial.txt, from rank 0."""
+
+import json
+from pathlib import Path
+
+from conftest import TINY_SETTINGS, run_train
+
+
+def test_two_process_ddp_on_cpu_writes_one_model_folder(tiny_dataset, tmp_path):
+    settings = {**TINY_SETTINGS, "strategy": "ddp", "devices": 2, "batch_size": 8}
+    proc = run_train(tiny_dataset, tmp_path, trial_name="ddp", settings=settings, device="cpu", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world_size: 2" in proc.stderr or "Initializing distributed: GLOBAL_RANK: 1" in proc.stderr
+    models = list((tmp_path / "models").iterdir())
+    assert len(models) == 1 and not models[0].name.startswith("."), models
+    trial = json.loads((tmp_path / "metric" / "trial.txt").read_text())
+    assert Path(trial["model_path"]) == models[0].resolve()
+    assert (models[0] / "SimSiam_ddp.mar").is_file()
+    info = json.loads((models[0] / "model_info.json").read_text())
+    # lr scaled by the global batch: 2 processes x 8
+    hparams = (models[0] / "logs" / "hparams.yaml").read_text()
+    assert "devices: 2" in hparams and info["pretraining"]["steps"] >= 1
+    assert proc.stdout.count("valid accuracy") == 1  # the downstream evaluation ran once
