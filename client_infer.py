@@ -1,0 +1,165 @@
+"""Serve a trained model: TorchServe on loopback + the product's HTTP API on 0.0.0.0:<service_port>.
+
+    python client_infer.py --model_path runs/models/<uuid4> --used_model SimSiam_autotables-2503-train-1 \
+        --device cpu --service_port 8080
+    printf '{"content": "%s"}' "$(base64 -w0 flower.jpg)" |
+        curl -s localhost:8080/autotable/predict -H 'Content-Type: application/json' -d @-
+
+Stays in the foreground until SIGINT/SIGTERM, then stops TorchServe and leaves no process behind
+(SPEC.md, "client_infer.py"; README.md, "Serving").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+log = logging.getLogger("client_infer")
+
+
+class _Stop(Exception):
+    """SIGINT or SIGTERM arrived: stop the proxy, then TorchServe."""
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--model_path",
+        type=str,
+        default="/app/tianji/runs/models/91e2c5a9-35e4-45ee-90e4-c53d85558bbc",
+        help="model folder written by client_train.py, holding <used_model>.mar (default: %(default)s)",
+    )
+    p.add_argument(
+        "--used_model",
+        type=str,
+        default="SimSiam_autotables-2503-train-1",
+        help="model name: gened_model_name in trial.txt (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device",
+        type=str,
+        default="cuda",
+        help="cuda, cuda:N or cpu; cuda without a GPU falls back to CPU (default: %(default)s)",
+    )
+    p.add_argument("--service_port", type=int, default=8080, help="port of the HTTP API (default: %(default)s)")
+    p.add_argument("--host", type=str, default="0.0.0.0", help="address of the HTTP API (default: %(default)s)")
+    return p
+
+
+def torch_threads(mar: Path) -> int:
+    """Torch threads per worker: the cores shared by the workers TorchServe starts, so they don't oversubscribe."""
+    from serving.torchserve_process import mar_model_config
+
+    if os.environ.get("SIMSIAM_TORCH_THREADS"):
+        return max(1, int(os.environ["SIMSIAM_TORCH_THREADS"]))
+    workers = max(1, int(mar_model_config(mar).get("minWorkers", 1) or 1))
+    return max(1, len(os.sched_getaffinity(0)) // workers)
+
+
+def resolve(name: str) -> tuple[str, int | None]:
+    """(device, GPU index or None); "cuda" without a GPU falls back to CPU with a warning."""
+    if name.strip().lower() == "cpu":
+        return "cpu", None  # no torch import: the proxy process stays small and starts fast
+    from training.device import resolve_device
+
+    device = resolve_device(name)
+    return str(device), (device.index or 0) if device.type == "cuda" else None
+
+
+def _raise_stop(signum: int, frame) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+async def _serve(app, host: str, port: int, ts) -> int:
+    """Run the proxy until a signal (uvicorn drains open requests first) or until TorchServe dies (exit code 1)."""
+    import uvicorn
+
+    # log_config=None: uvicorn's lines go through this process's logging format (with timestamps)
+    config = uvicorn.Config(
+        app, host=host, port=port, timeout_graceful_shutdown=10, log_config=None, server_header=False
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    died = False
+    while not task.done():
+        await asyncio.wait({task}, timeout=0.5)
+        if not died and ts.poll() is not None:
+            log.error("TorchServe exited unexpectedly; stopping the service. Its last lines:\n%s", ts.tail())
+            died = server.should_exit = True
+    await task  # uvicorn re-raises the signal it caught: _Stop comes out here
+    return 1 if died else 0
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request would drown the log
+    from training.model_folder import ModelFolderError, open_model_folder
+
+    try:
+        model_dir = open_model_folder(args.model_path, args.used_model).path
+    except ModelFolderError as e:
+        log.error("%s", e)
+        return 2
+    if not (model_dir / f"{args.used_model}.mar").is_file():
+        log.error("--model_path %s holds no %s.mar; train again to rebuild it", model_dir, args.used_model)
+        return 2
+    from serving.ts_config import port_is_free
+
+    if not port_is_free(args.host, args.service_port):
+        log.error("--service_port %d is taken on %s; choose a free port", args.service_port, args.host)
+        return 2
+    try:
+        device, gpu_index = resolve(args.device)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
+    from serving.app import create_app
+    from serving.torchserve_process import TorchServeError, TorchServeProcess
+
+    ts = TorchServeProcess(
+        model_dir,
+        args.used_model,
+        gpu_index=gpu_index,
+        torch_threads=torch_threads(model_dir / f"{args.used_model}.mar"),
+        always_free_ports=os.environ.get("SIMSIAM_TS_PORTS") == "free",  # tests: never collide with a live server
+    )
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _raise_stop)
+    try:
+        ts.start()
+        ts.wait_ready(float(os.environ.get("SIMSIAM_TS_START_TIMEOUT", "300")))
+        cfg = ts.config
+        log.info(
+            "model %s ready on %s (%d torch threads per worker); API: http://%s:%d/autotable/predict; "
+            "TorchServe (loopback only): inference %s, management %s, metrics %s/metrics",
+            args.used_model,
+            device,
+            ts.torch_threads,
+            args.host,
+            args.service_port,
+            cfg.inference_url,
+            cfg.management_url,
+            cfg.metrics_url,
+        )
+        app = create_app(cfg.inference_url, cfg.management_url, args.used_model)
+        return asyncio.run(_serve(app, args.host, args.service_port, ts))
+    except _Stop as e:
+        log.info("%s: stopping", e)
+        return 0
+    except TorchServeError as e:
+        log.error("%s", e)
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not interrupt the clean-up
+            signal.signal(sig, lambda *_: log.warning("already stopping"))
+        ts.stop()
+        log.info("TorchServe stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

@@ -1,0 +1,95 @@
+"""client_infer.py's life cycle: a wrong model folder, SIGTERM leaving nothing behind, TorchServe dying."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+from serving_service import REPO, alive, b64, image_bytes, start_service
+
+pytestmark = pytest.mark.serving
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _gone(family: list[psutil.Process]) -> list[psutil.Process]:
+    psutil.wait_procs(family, timeout=10)
+    return [p for p in family if alive(p)]
+
+
+def test_wrong_model_folder_names_what_it_holds(trained_model, tmp_path):
+    name = trained_model["gened_model_name"]
+    for path, used, words in [
+        (trained_model["model_path"], "SimSiam_nope", name),
+        (str(tmp_path / "missing"), name, "not a folder"),
+    ]:
+        cmd = [sys.executable, "client_infer.py", "--model_path", path, "--used_model", used, "--device", "cpu"]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+
+
+def test_sigterm_stops_everything(trained_model, tmp_path):
+    """--device cuda on a CPU machine falls back with a warning; SIGTERM leaves no process and no file behind."""
+    before = sorted(p.name for p in REPO.iterdir())
+    svc = start_service(trained_model, tmp_path / "client_infer.log", device="cuda")
+    try:
+        family = svc.snapshot()
+        names = {p.name() for p in family}
+        assert "java" in names and any("model_service_worker.py" in " ".join(p.cmdline()) for p in family), names
+        assert requests.post(f"{svc.url}/autotable/predict", json={"content": b64(image_bytes())}, timeout=60).ok
+        run_dir = Path(re.search(r"--model-store (\S+)/model-store", svc.output()).group(1))
+        assert run_dir.is_dir()
+        t0 = time.monotonic()
+        assert svc.stop() == 0, svc.output()[-3000:]
+        assert time.monotonic() - t0 < 30
+    finally:
+        if svc.proc.poll() is None:
+            svc.kill()
+    assert not _gone(family)
+    assert not run_dir.exists()
+    assert sorted(p.name for p in REPO.iterdir()) == before  # no key_file.json, no logs/
+    if not _cuda():
+        assert "falling back to CPU" in svc.output()
+
+
+def test_torchserve_dying_stops_the_service(trained_model, tmp_path):
+    svc = start_service(trained_model, tmp_path / "client_infer.log")
+    try:
+        family = svc.snapshot()
+        [java] = [p for p in family if p.name() == "java"]
+        java.kill()
+        assert svc.proc.wait(60) == 1
+    finally:
+        svc.stop()
+    assert "TorchServe exited" in svc.output()
+    assert not _gone(family)
+
+
+def test_model_that_cannot_load_fails_fast(trained_model, tmp_path):
+    """A .mar whose model.pt is corrupt: exit 1 with the worker's reason, not a wait for the start-up timeout."""
+    import shutil
+
+    from export.archive import build_mar
+
+    folder, name = tmp_path / "broken", trained_model["gened_model_name"]
+    folder.mkdir()
+    for f in ("index_to_name.json", "preprocess.json", "model_info.json"):
+        shutil.copy(Path(trained_model["model_path"]) / f, folder / f)
+    (folder / "model.pt").write_bytes(b"not a TorchScript file")
+    build_mar(folder, name)
+    svc = start_service({"model_path": str(folder), "gened_model_name": name}, tmp_path / "log", wait=False)
+    try:
+        assert svc.proc.wait(120) == 1
+    finally:
+        svc.stop()
+    assert "cannot be loaded" in svc.output() and "Failed to load model" in svc.output()
