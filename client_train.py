@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -80,6 +81,9 @@ def main(args: argparse.Namespace) -> int:
     from training.outputs import OutputError
     from training.train import TrainJob, run
 
+    # A platform stops jobs with SIGTERM: unwind like Ctrl-C so the staging folder is removed and trial.txt
+    # is left as it was (Lightning chains this handler after its own).
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         device = resolve_device(args.device)
         trial = run(TrainJob(dataset, device, args.trial_name, settings, Path(args.runs_dir)))
@@ -95,6 +99,10 @@ def main(args: argparse.Namespace) -> int:
     print(f"model folder: {trial['model_path']}")
     print(f"trial file:   {Path(args.runs_dir).resolve() / 'metric' / 'trial.txt'}")
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

@@ -91,3 +91,53 @@ def test_cuda_falls_back_to_cpu_and_a_wall_clock_budget_stops_training(tiny_data
     assert trial["train_consuming"]["SimSiam"]["train_time"] < 60
     info = json.loads((Path(trial["model_path"]) / "model_info.json").read_text())
     assert info["pretraining"]["epochs"] < 1000
+
+
+def test_sigterm_during_training_leaves_no_model_folder_and_no_trial(tiny_dataset, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    settings = {
+        "epochs": 1000,
+        "batch_size": 8,
+        "input_size": 32,
+        "num_workers": 0,
+        "proj_dim": 32,
+        "pred_hidden_dim": 8,
+        "cv_folds": 2,
+    }
+    env = {**os.environ, "SIMSIAM_RUNS_DIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "client_train.py"),
+            "--dataset_path",
+            str(tiny_dataset),
+            "--device",
+            "cpu",
+            "--trial_name",
+            "term",
+            "--annotation_data",
+            json.dumps({"advance_settings": settings}),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    staging = tmp_path / "models"
+    while time.monotonic() < deadline and not list(staging.glob(".staging-*/logs/hparams.yaml")):
+        time.sleep(0.5)  # wait until Lightning's fit has started (it writes hparams.yaml first)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert not (tmp_path / "metric" / "trial.txt").exists()
+    assert list(staging.iterdir()) == [], err[-2000:]
