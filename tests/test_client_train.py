@@ -141,3 +141,11 @@ def test_sigterm_during_training_leaves_no_model_folder_and_no_trial(tiny_datase
     assert proc.returncode != 0
     assert not (tmp_path / "metric" / "trial.txt").exists()
     assert list(staging.iterdir()) == [], err[-2000:]
+
+
+def test_unwritable_runs_directory_is_a_clear_error(tiny_dataset, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the runs directory should be")
+    proc = run_train(tiny_dataset, blocker / "runs")
+    assert proc.returncode != 0
+    assert "cannot write to the runs directory" in proc.stderr and "SIMSIAM_RUNS_DIR" in proc.stderr

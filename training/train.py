@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from export.archive import CLASSES_FILE, MODEL_FILE, PRESET_FILE, build_mar, write_class_names
 from export.torchscript import export_torchscript
 from handler.eval_preset import EvalPreset
-from training.data import DatasetError, Skipped, decode_all, read_labelled, read_unlabelled
+from training.data import DatasetError, LabelledSplit, Skipped, decode_all, read_labelled, read_unlabelled
 from training.downstream import linear_probe
 from training.features import run_frozen
 from training.model import SimSiam
@@ -50,13 +50,25 @@ class TrainJob:
 def run(job: TrainJob) -> dict:
     """Run the whole job; returns the trial dict written to runs/metric/trial.txt."""
     t0 = time.monotonic()
+    pl.seed_everything(job.settings.seed, workers=True)
+    if global_rank(job.settings) != 0:
+        # DDP workers (torchrun, SLURM, Lightning's launcher) train but write nothing: rank 0 owns the outputs.
+        with tempfile.TemporaryDirectory(prefix="simsiam-rank-") as scratch:
+            return _train_and_export(job, None, Path(scratch), *prepare_data(job), t0)
+    run_dir = RunFolder(job.runs_dir)  # an unwritable runs dir fails here, before any work
+    try:
+        return _train_and_export(job, run_dir, run_dir.path, *prepare_data(job), t0)
+    except BaseException:
+        run_dir.discard()
+        raise
+
+
+def prepare_data(job: TrainJob) -> tuple[PretrainImages, LabelledSplit, EvalPreset, Skipped]:
+    """Check `valid` first (cheap, fails fast), then decode and cache the train images."""
     s = job.settings
-    pl.seed_everything(s.seed, workers=True)
     preset = EvalPreset(input_size=s.input_size)
     skipped = Skipped()
     threads = min(8, os.cpu_count() or 1)
-
-    # Validate the labelled split before spending time on pretraining.
     valid = read_labelled(job.dataset, "valid")
     readable = decode_all(valid.paths, preset.resize_size, skipped, threads)
     keep = [i for i, im in enumerate(readable) if im is not None]
@@ -69,7 +81,6 @@ def run(job: TrainJob) -> dict:
     relabel = {old: new for new, old in enumerate(sorted(set(valid.labels)))}
     valid.labels = [relabel[y] for y in valid.labels]
 
-    train_paths = read_unlabelled(job.dataset)
     transform = SimSiamTransform(
         input_size=s.input_size,
         min_scale=s.min_scale,
@@ -79,19 +90,8 @@ def run(job: TrainJob) -> dict:
         # The paper's CIFAR recipe has no blur: at 32 px it erases the little detail there is.
         gaussian_blur=0.0 if s.small_stem else 0.5,
     )
-    train_set = PretrainImages(train_paths, s.input_size, transform, s.cache_mb, skipped, threads)
-
-    if global_rank(s) != 0:
-        # DDP workers (torchrun, SLURM, Lightning's launcher) train but write nothing: rank 0 owns the outputs.
-        with tempfile.TemporaryDirectory(prefix="simsiam-rank-") as scratch:
-            return _train_and_export(job, None, Path(scratch), train_set, valid, preset, skipped, t0)
-    run_dir = RunFolder(job.runs_dir)
-    try:
-        trial = _train_and_export(job, run_dir, run_dir.path, train_set, valid, preset, skipped, t0)
-    except BaseException:
-        run_dir.discard()
-        raise
-    return trial
+    train_set = PretrainImages(read_unlabelled(job.dataset), s.input_size, transform, s.cache_mb, skipped, threads)
+    return train_set, valid, preset, skipped
 
 
 def global_rank(s: Settings) -> int:
@@ -103,7 +103,16 @@ def global_rank(s: Settings) -> int:
     return int(os.environ.get("NODE_RANK", 0)) * s.devices + int(os.environ.get("LOCAL_RANK", 0))
 
 
-def _train_and_export(job, run_dir: RunFolder | None, work: Path, train_set, valid, preset, skipped, t0) -> dict:
+def _train_and_export(
+    job: TrainJob,
+    run_dir: RunFolder | None,
+    work: Path,
+    train_set: PretrainImages,
+    valid: LabelledSplit,
+    preset: EvalPreset,
+    skipped: Skipped,
+    t0: float,
+) -> dict:
     s = job.settings
     on_gpu = job.device.type == "cuda"
     batch = min(s.batch_size, len(train_set))
