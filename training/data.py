@@ -44,7 +44,8 @@ def list_images(root: Path) -> list[Path]:
         rel = p.relative_to(root).parts
         if any(part.startswith(".") for part in rel):
             continue  # .DS_Store, ._resource forks, .ipynb_checkpoints
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+        # A dangling symlink is kept so that reading it fails and it is reported like any unreadable file.
+        if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink()):
             found.append(p)
     return sorted(found)
 
