@@ -95,7 +95,7 @@ def lightly_reference(train_dir: Path, s: Settings, steps: int, warmup: int) -> 
 
 def product(dataset: Path, s: Settings, steps: int, warmup: int) -> float:
     transform = SimSiamTransform(
-        input_size=s.input_size, min_scale=s.min_scale, gaussian_blur=0.0 if s.small_stem else 0.5
+        input_size=s.input_size, min_scale=s.min_scale, gaussian_blur=0.0 if s.input_size < 64 else 0.5
     )
     data = PretrainImages(read_unlabelled(dataset), s.input_size, transform, s.cache_mb, Skipped())
     loader = DataLoader(

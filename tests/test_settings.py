@@ -60,3 +60,4 @@ def test_malformed_annotation_data(text):
 
 def test_small_stem_below_64_px():
     assert Settings(input_size=32).small_stem and not Settings(input_size=64).small_stem
+    assert not Settings(input_size=32, stem="imagenet").small_stem and Settings(input_size=96, stem="cifar").small_stem

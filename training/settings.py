@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
+STEMS = ("auto", "cifar", "imagenet")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
 
@@ -29,6 +30,7 @@ class Settings:
     input_size: int = 224  # crop side in pixels; < 64 switches to the CIFAR stem (paper, Appendix D)
     lr: float = 0.05  # base lr; the used lr is lr * global_batch / 256 with cosine decay
     backbone: str = "resnet18"  # torchvision ResNet, randomly initialised
+    stem: str = "auto"  # "auto": CIFAR stem below 64 px, else ImageNet; "cifar" / "imagenet" force one
     seed: int = 42
     num_workers: int = 4  # DataLoader processes; capped at the CPU count
     weight_decay: float = 1e-4  # paper: 1e-4 on ImageNet, 5e-4 on CIFAR
@@ -50,7 +52,7 @@ class Settings:
 
     @property
     def small_stem(self) -> bool:
-        return self.input_size < 64
+        return self.stem == "cifar" or (self.stem == "auto" and self.input_size < 64)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +65,7 @@ _CHECKS: dict[str, tuple[type, Any, str]] = {
     "input_size": (int, lambda v: 16 <= v <= 1024, "an integer from 16 to 1024"),
     "lr": (float, lambda v: 0 < v <= 10, "a number > 0, e.g. 0.05"),
     "backbone": (str, lambda v: v in BACKBONES, f"one of {', '.join(BACKBONES)}"),
+    "stem": (str, lambda v: v in STEMS, f"one of {', '.join(STEMS)}"),
     "seed": (int, lambda v: 0 <= v < 2**32, "an integer from 0 to 2**32-1"),
     "num_workers": (int, lambda v: 0 <= v <= 256, "an integer >= 0"),
     "weight_decay": (float, lambda v: 0 <= v < 1, "a number from 0 to 1, e.g. 1e-4"),

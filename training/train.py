@@ -88,7 +88,7 @@ def prepare_data(job: TrainJob) -> tuple[PretrainImages, LabelledSplit, EvalPres
         cj_hue=min(s.cj_hue, 0.5 / s.cj_strength) if s.cj_strength > 0 else 0.0,  # ColorJitter caps hue at 0.5
         random_gray_scale=s.gray_prob,
         # The paper's CIFAR recipe has no blur: at 32 px it erases the little detail there is.
-        gaussian_blur=0.0 if s.small_stem else 0.5,
+        gaussian_blur=0.0 if s.input_size < 64 else 0.5,
     )
     train_set = PretrainImages(read_unlabelled(job.dataset), s.input_size, transform, s.cache_mb, skipped, threads)
     return train_set, valid, preset, skipped
