@@ -10,7 +10,8 @@ PY=.venv/bin/python
 DATA=${DEMO_DATASET:-runs/demo_dataset}
 DEVICE=${DEVICE:-cpu}
 # Sized for 2 CPU cores and ~3 minutes of pretraining; on a GPU use the defaults (see README).
-SETTINGS=${DEMO_SETTINGS:-"{'advance_settings': {'epochs': 40, 'input_size': 64, 'batch_size': 64, 'lr': 0.3, 'num_workers': 2, 'time_budget_s': 170}}"}
+# Strong hue jitter and grey: the demo's colours are random, so colour must not be what the views agree on.
+SETTINGS=${DEMO_SETTINGS:-"{'advance_settings': {'epochs': 40, 'input_size': 64, 'batch_size': 64, 'lr': 0.1, 'cj_hue': 0.5, 'gray_prob': 0.5, 'num_workers': 2, 'time_budget_s': 150}}"}
 
 if [ ! -d "$DATA/train/images" ]; then
   "$PY" -m training.demo_data "$DATA"
@@ -19,6 +20,8 @@ fi
 "$PY" client_train.py --dataset_path "$DATA" --device "$DEVICE" --trial_name demo --annotation_data "$SETTINGS"
 MODEL=$("$PY" -c "import json; print(json.load(open('runs/metric/trial.txt'))['model_path'])")
 cp runs/metric/trial.txt runs/metric/trial_train.txt
+# What pretraining is worth: the same probe on a randomly initialised encoder of the same architecture.
+"$PY" -m bench.random_init_probe --dataset_path "$DATA" --model_path "$MODEL"
 
 if [ -f client_test.py ]; then
   "$PY" client_test.py --dataset_path "$DATA" --model_path "$MODEL" --used_model SimSiam_demo --device "$DEVICE"
