@@ -87,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
         trial = run(TrainJob(dataset, device, args.trial_name, settings, Path(args.runs_dir)))
-    except (DatasetError, OutputError, ValueError) as e:
+    except (DatasetError, OutputError, FileNotFoundError, ValueError) as e:
         log.error("%s", e)
         return 2
     except KeyboardInterrupt:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_train
+from conftest import TINY_SETTINGS, run_train
 
 TRIAL_TYPES = {
     "recom_model": str,
@@ -93,7 +93,7 @@ def test_cuda_falls_back_to_cpu_and_a_wall_clock_budget_stops_training(tiny_data
     assert info["pretraining"]["epochs"] < 1000
 
 
-def test_sigterm_during_training_leaves_no_model_folder_and_no_trial(tiny_dataset, tmp_path):
+def test_sigterm_keeps_only_a_resumable_checkpoint_and_resume_finishes_the_run(tiny_dataset, tmp_path):
     import os
     import signal
     import subprocess
@@ -131,16 +131,35 @@ def test_sigterm_during_training_leaves_no_model_folder_and_no_trial(tiny_datase
         stderr=subprocess.PIPE,
         text=True,
     )
+    models = tmp_path / "models"
     deadline = time.monotonic() + 120
-    staging = tmp_path / "models"
-    while time.monotonic() < deadline and not list(staging.glob(".staging-*/logs/hparams.yaml")):
-        time.sleep(0.5)  # wait until Lightning's fit has started (it writes hparams.yaml first)
+    while time.monotonic() < deadline and not list(models.glob(".staging-*/checkpoints/*.ckpt")):
+        time.sleep(0.5)  # wait for the first epoch's checkpoint
+    time.sleep(1)  # let the checkpoint file be completely written
     assert proc.poll() is None, proc.communicate()[1][-2000:]
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert not (tmp_path / "metric" / "trial.txt").exists()
-    assert list(staging.iterdir()) == [], err[-2000:]
+    # Nothing trial.txt could point at: only a dot-folder holding the checkpoint.
+    assert [p.name.split("-")[0] for p in models.iterdir()] == [".interrupted"], err[-2000:]
+    assert "resume='last'" in err
+
+    resumed = run_train(
+        tiny_dataset, tmp_path, trial_name="term", settings={**settings, "time_budget_s": 3, "resume": "last"}
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    trial = json.loads((tmp_path / "metric" / "trial.txt").read_text())
+    assert list(trial) == list(TRIAL_TYPES) and Path(trial["model_path"]).is_dir()
+    assert [p for p in models.iterdir() if p.name.startswith(".")] == []  # the checkpoint was consumed
+    info = json.loads((Path(trial["model_path"]) / "model_info.json").read_text())
+    assert info["pretraining"]["epochs"] >= 1  # the epoch counter continued from the checkpoint
+
+
+def test_resume_without_an_interrupted_run_is_a_clear_error(tiny_dataset, tmp_path):
+    proc = run_train(tiny_dataset, tmp_path, settings={**TINY_SETTINGS, "resume": "last"})
+    assert proc.returncode != 0 and "no interrupted run" in proc.stderr
 
 
 def test_unwritable_runs_directory_is_a_clear_error(tiny_dataset, tmp_path):

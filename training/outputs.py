@@ -69,7 +69,41 @@ class RunFolder:
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
+    def keep_for_resume(self) -> Path | None:
+        """After an interruption: keep the last checkpoint as `.interrupted-<uuid>` (a dot-folder, which trial.txt
+        never points at) for `resume: "last"`; without a checkpoint there is nothing worth keeping."""
+        if not newest_checkpoint(self.path):
+            self.discard()
+            return None
+        kept = self.path.with_name(f".interrupted-{self.id}")
+        os.replace(self.path, kept)
+        return kept
+
     def write_trial(self, trial: dict[str, Any]) -> Path:
         path = self.runs_dir / "metric" / "trial.txt"
         atomic_write_json(path, trial)
         return path
+
+
+def find_resume_checkpoint(runs_dir: Path, resume: str) -> Path | None:
+    """`resume`: "" = none; "last" = the newest interrupted run's checkpoint under runs_dir; else a .ckpt path."""
+    if not resume:
+        return None
+    if resume != "last":
+        path = Path(resume).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"advance_settings resume={resume!r}: no such checkpoint file")
+        return path
+    found = [c for d in (runs_dir / "models").glob(".interrupted-*") if (c := newest_checkpoint(d))]
+    if not found:
+        raise FileNotFoundError(
+            f"advance_settings resume='last': no interrupted run under {runs_dir / 'models'}; "
+            "drop resume or pass the path of a .ckpt file"
+        )
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def newest_checkpoint(run_folder: Path) -> Path | None:
+    """The newest Lightning checkpoint of a run folder (`checkpoints/epoch=N-step=M.ckpt`), if any."""
+    found = list((run_folder / "checkpoints").glob("*.ckpt"))
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None

@@ -49,6 +49,7 @@ class Settings:
     num_nodes: int = 1
     strategy: str = "auto"  # Lightning strategy; "ddp" for torchrun / SLURM
     precision: str = "auto"  # "auto" = 16-mixed on GPU, 32-true on CPU
+    resume: str = ""  # "last": continue the newest interrupted run's checkpoint; or a path to a .ckpt
 
     @property
     def small_stem(self) -> bool:
@@ -83,6 +84,7 @@ _CHECKS: dict[str, tuple[type, Any, str]] = {
     "devices": (int, lambda v: 1 <= v <= 1024, "an integer >= 1"),
     "num_nodes": (int, lambda v: 1 <= v <= 4096, "an integer >= 1"),
     "strategy": (str, lambda v: v in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
+    "resume": (str, lambda v: len(v) < 4096, "'last' or the path of a .ckpt ('' = start afresh)"),
     "precision": (str, lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
 }
 assert set(_CHECKS) == {f.name for f in fields(Settings)}, "every setting needs a check"

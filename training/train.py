@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from training.data import DatasetError, LabelledSplit, Skipped, decode_all, read
 from training.downstream import linear_probe
 from training.features import run_frozen
 from training.model import SimSiam
-from training.outputs import RunFolder, atomic_write_json, round4
+from training.outputs import RunFolder, atomic_write_json, find_resume_checkpoint, round4
 from training.plots import plot_training_curves
 from training.pretrain_data import PretrainImages, collate_views
 from training.settings import Settings
@@ -58,6 +59,13 @@ def run(job: TrainJob) -> dict:
     run_dir = RunFolder(job.runs_dir)  # an unwritable runs dir fails here, before any work
     try:
         return _train_and_export(job, run_dir, run_dir.path, *prepare_data(job), t0)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM (Lightning turns them into SystemExit)
+        kept = run_dir.keep_for_resume()
+        if kept:
+            log.error(
+                "interrupted; the last checkpoint is kept in %s: resume with advance_settings resume='last'", kept
+            )
+        raise
     except BaseException:
         run_dir.discard()
         raise
@@ -141,13 +149,18 @@ def _train_and_export(
         max_epochs=s.epochs,
         max_time=timedelta(seconds=s.time_budget_s) if s.time_budget_s > 0 else None,
         logger=CSVLogger(save_dir=str(work), name="logs", version=""),
-        callbacks=[ModelCheckpoint(dirpath=str(work / "checkpoints"), save_last=True, save_top_k=0)],
+        # save_top_k=1 without a monitor keeps exactly the newest epoch's checkpoint, written every epoch
+        # (save_last alone would only write at the very end, too late to resume an interrupted run).
+        callbacks=[ModelCheckpoint(dirpath=str(work / "checkpoints"), save_top_k=1)],
         log_every_n_steps=max(1, min(50, len(loader))),
         enable_model_summary=False,
         deterministic=False,
     )
+    resume = find_resume_checkpoint(job.runs_dir.resolve(), s.resume)
+    if resume:
+        log.info("resuming from %s", resume)
     t_train = time.monotonic()
-    trainer.fit(model, loader)
+    trainer.fit(model, loader, ckpt_path=str(resume) if resume else None)
     train_time = time.monotonic() - t_train
     images_per_s = trainer.global_step * batch * world / max(train_time, 1e-9)
     log.info("pretraining: %d steps in %.1f s (%.1f images/s)", trainer.global_step, train_time, images_per_s)
@@ -198,6 +211,8 @@ def _train_and_export(
         },
     )
     final = run_dir.commit()
+    if resume and resume.parent.parent.name.startswith(".interrupted-"):
+        shutil.rmtree(resume.parent.parent, ignore_errors=True)  # consumed: the finished model supersedes it
     trial = {
         "recom_model": MODEL_NAME,
         "gened_model_name": job.model_name,
