@@ -37,6 +37,7 @@ from PIL import Image
 
 from bench.load import run_load
 from handler.eval_preset import EvalPreset, load_for_eval
+from serving.readiness import wait_until_healthy
 from serving.ts_config import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,21 +121,13 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         log = Path(tmp) / "client_infer.log"
-        t_start = time.monotonic()
         with log.open("w") as out:
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            while True:
-                if proc.poll() is not None or time.monotonic() - t_start > 300:
-                    print(log.read_text()[-3000:], file=sys.stderr)
-                    return 1
-                try:
-                    if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                time.sleep(0.2)
-            ready_s = time.monotonic() - t_start
+            ready_s = wait_until_healthy(url, proc)
+            if ready_s is None:
+                print(log.read_text()[-3000:], file=sys.stderr)
+                return 1
             inference = re.search(r"inference (http://127\.0\.0\.1:\d+)", log.read_text()).group(1)
             direct_url = f"{inference}/predictions/{a.used_model}"
             return report(a, url, direct_url, proc, ready_s)

@@ -3,7 +3,7 @@ TorchServe's inference API (raw bytes), for the same ~224 px JPEG. Starts client
 
     SIMSIAM_RUNS_DIR=/tmp/bench-runs .venv/bin/python client_train.py --dataset_path /tmp/demo --device cpu \
         --trial_name bench --annotation_data "{'advance_settings': {'epochs': 1, 'input_size': 224}}"
-    .venv/bin/python bench/serve_latency.py --model_path /tmp/bench-runs/models/<uuid4> --used_model SimSiam_bench
+    .venv/bin/python -m bench.serve_latency --model_path /tmp/bench-runs/models/<uuid4> --used_model SimSiam_bench
 
 Prints p50 / p90 / mean in ms per path; requests alternate between the paths so both see the same load.
 The difference is the proxy's cost (JSON, base64, header check, one more hop).
@@ -28,6 +28,8 @@ from pathlib import Path
 
 import requests
 from PIL import Image
+
+from serving.readiness import wait_until_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -88,17 +90,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def measure(args: argparse.Namespace, url: str, proc: subprocess.Popen, log: Path) -> int:
-    deadline = time.monotonic() + 300
-    while True:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            print(log.read_text()[-3000:], file=sys.stderr)
-            return 1
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
+    if wait_until_healthy(url, proc) is None:
+        print(log.read_text()[-3000:], file=sys.stderr)
+        return 1
     inference = re.search(r"inference (http://127\.0\.0\.1:\d+)", log.read_text()).group(1)
     image = jpeg(args.size)
     body = {"content": base64.b64encode(image).decode(), "need_visual_data": True, "need_visual_result": True}

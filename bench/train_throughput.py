@@ -47,6 +47,16 @@ def _model(s: Settings) -> SimSiam:
     return SimSiam(s, steps_per_epoch=1000, global_batch=s.batch_size)
 
 
+def sgd_step(model: SimSiam, opt: torch.optim.Optimizer, x0: torch.Tensor, x1: torch.Tensor) -> None:
+    """One hand-written SimSiam step, as in lightly's example loop."""
+    z0, p0 = model(x0)
+    z1, p1 = model(x1)
+    loss = 0.5 * (model.criterion(p0, z1.detach()) + model.criterion(p1, z0.detach()))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
 def ceiling(s: Settings, steps: int, warmup: int) -> float:
     model = _model(s).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -55,12 +65,7 @@ def ceiling(s: Settings, steps: int, warmup: int) -> float:
     for i in range(warmup + steps):
         if i == warmup:
             t0 = time.perf_counter()
-        z0, p0 = model(x0)
-        z1, p1 = model(x1)
-        loss = 0.5 * (model.criterion(p0, z1.detach()) + model.criterion(p1, z0.detach()))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        sgd_step(model, opt, x0, x1)
     return steps * s.batch_size / (time.perf_counter() - t0)
 
 
@@ -81,12 +86,7 @@ def lightly_reference(train_dir: Path, s: Settings, steps: int, warmup: int) -> 
         for (x0, x1), _, _ in loader:
             if done == warmup:
                 t0 = time.perf_counter()
-            z0, p0 = model(x0)
-            z1, p1 = model(x1)
-            loss = 0.5 * (model.criterion(p0, z1.detach()) + model.criterion(p1, z0.detach()))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            sgd_step(model, opt, x0, x1)
             done += 1
             if done == warmup + steps:
                 break

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import requests
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from serving.readiness import wait_until_healthy
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -50,21 +53,11 @@ def main() -> int:
     proc = subprocess.Popen(cmd, cwd=REPO)
     base = f"http://127.0.0.1:{port}"
     try:
-        t0 = time.monotonic()
-        while True:
-            if proc.poll() is not None:
-                print(f"client_infer.py exited with {proc.returncode} before it was ready", file=sys.stderr)
-                return 1
-            try:
-                if requests.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() - t0 > a.timeout:
-                print("the service was not ready in time", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
-        print(f"service ready in {time.monotonic() - t0:.1f} s on {base}")
+        ready_s = wait_until_healthy(base, proc, a.timeout)
+        if ready_s is None:
+            print(f"client_infer.py was not ready within {a.timeout:.0f} s (exit code {proc.poll()})", file=sys.stderr)
+            return 1
+        print(f"service ready in {ready_s:.1f} s on {base}")
         post_data = {
             "content": base64.b64encode(a.image.read_bytes()).decode(),
             "need_visual_data": True,
