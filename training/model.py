@@ -23,6 +23,13 @@ from training.settings import Settings
 COLLAPSE_FRACTION = 0.2
 
 
+def effective_rank(f: torch.Tensor) -> float:
+    """exp(entropy) of the normalised singular-value energies of centred NxC features (Roy & Vetterli, 2007)."""
+    s = torch.linalg.svdvals(f - f.mean(0))
+    p = s**2 / (s**2).sum().clamp_min(1e-12)
+    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
+
+
 class SimSiam(pl.LightningModule):
     def __init__(self, settings: Settings, steps_per_epoch: int, global_batch: int) -> None:
         super().__init__()
@@ -40,17 +47,32 @@ class SimSiam(pl.LightningModule):
         self._z_std: list[float] = []
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z, p, _ = self._encode(x)
+        return z, p
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         f = self.backbone(x)  # NxC
         z = self.projection_head(f)  # Nxd
         p = self.prediction_head(z)  # Nxd
-        return z, p
+        return z, p, f
 
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         x0, x1 = batch
-        z0, p0 = self(x0)
-        z1, p1 = self(x1)
+        z0, p0, f0 = self._encode(x0)
+        z1, p1, _ = self._encode(x1)
         loss = 0.5 * (self.criterion(p0, z1.detach()) + self.criterion(p1, z0.detach()))
         self._z_std.append(float(std_of_l2_normalized(z0.detach().float())))
+        if batch_idx == 0:
+            # z can look healthy while the backbone features (what the probe and the served model use) collapse
+            # onto a few directions; the effective rank of f shows it (1 = one direction, up to min(N, C)).
+            self.log(
+                "f_erank",
+                effective_rank(f0.detach().float()),
+                prog_bar=True,
+                on_step=False,
+                on_epoch=True,
+                batch_size=x0.shape[0],
+            )
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x0.shape[0])
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
