@@ -19,6 +19,8 @@ import signal
 import sys
 from pathlib import Path
 
+from training.cli import add_device, add_model_folder, setup_logging
+
 log = logging.getLogger("client_infer")
 
 
@@ -28,24 +30,8 @@ class _Stop(Exception):
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--model_path",
-        type=str,
-        default="/app/tianji/runs/models/91e2c5a9-35e4-45ee-90e4-c53d85558bbc",
-        help="model folder written by client_train.py, holding <used_model>.mar (default: %(default)s)",
-    )
-    p.add_argument(
-        "--used_model",
-        type=str,
-        default="SimSiam_autotables-2503-train-1",
-        help="model name: gened_model_name in trial.txt (default: %(default)s)",
-    )
-    p.add_argument(
-        "--device",
-        type=str,
-        default="cuda",
-        help="cuda, cuda:N or cpu; cuda without a GPU falls back to CPU (default: %(default)s)",
-    )
+    add_model_folder(p)
+    add_device(p)
     p.add_argument("--service_port", type=int, default=8080, help="port of the HTTP API (default: %(default)s)")
     p.add_argument("--host", type=str, default="0.0.0.0", help="address of the HTTP API (default: %(default)s)")
     return p
@@ -96,7 +82,7 @@ async def _serve(app, host: str, port: int, ts) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request would drown the log
     from training.model_folder import ModelFolderError, open_model_folder
 

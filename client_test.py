@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from training.outputs import DEFAULT_RUNS
+from training.cli import add_device, add_model_folder, add_runs_dir, setup_logging
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -25,35 +25,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="/data/flower_classifier/",
         help="dataset root; its test/images/<class>/ split is scored (default: %(default)s)",
     )
-    p.add_argument(
-        "--model_path",
-        type=str,
-        default="/app/tianji/runs/models/91e2c5a9-35e4-45ee-90e4-c53d85558bbc",
-        help="model folder written by client_train.py (default: %(default)s)",
-    )
-    p.add_argument(
-        "--used_model",
-        type=str,
-        default="SimSiam_autotables-2503-train-1",
-        help="the model the folder must hold, SimSiam_<trial_name> (default: %(default)s)",
-    )
-    p.add_argument(
-        "--device",
-        type=str,
-        default="cuda",
-        help="cuda, cuda:N or cpu; cuda without a GPU falls back to CPU (default: %(default)s)",
-    )
-    p.add_argument(
-        "--runs_dir",
-        type=str,
-        default=str(DEFAULT_RUNS),
-        help="output root holding models/ and metric/ (default: %(default)s, or $SIMSIAM_RUNS_DIR)",
-    )
+    add_model_folder(p)
+    add_device(p)
+    add_runs_dir(p)
     return p
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     log = logging.getLogger("client_test")
     # Refuse a wrong folder or dataset before importing torch or touching the disk.
     from training.model_folder import ModelFolderError, open_model_folder

@@ -14,7 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
-from training.outputs import DEFAULT_RUNS
+from training.cli import add_device, add_runs_dir, setup_logging
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -24,12 +24,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=str,
         default="/data/flower_classifier/",
         help="dataset root with train/, valid/, test/ (default: %(default)s)",
-    )
-    p.add_argument(
-        "--device",
-        type=str,
-        default="cuda",
-        help="cuda, cuda:N or cpu; cuda without a GPU falls back to CPU (default: %(default)s)",
     )
     p.add_argument(
         "--trial_name",
@@ -44,17 +38,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="Python-literal or JSON dict; advance_settings overrides the training settings "
         "(see README.md) (default: %(default)s)",
     )
-    p.add_argument(
-        "--runs_dir",
-        type=str,
-        default=str(DEFAULT_RUNS),
-        help="output root holding models/ and metric/ (default: %(default)s, or $SIMSIAM_RUNS_DIR)",
-    )
+    add_device(p)
+    add_runs_dir(p)
     return p
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     log = logging.getLogger("client_train")
     # Validate everything cheap before importing the heavy stack or touching the disk.
     from training.settings import SettingsError, parse_annotation_data

@@ -20,6 +20,17 @@ TRIAL_TYPES = {
     "train_consuming": dict,
 }
 
+# Tiny, fast steps and far more epochs than a test waits for: the run ends by budget or by a signal.
+ENDLESS = {
+    "epochs": 1000,
+    "batch_size": 8,
+    "input_size": 32,
+    "num_workers": 0,
+    "proj_dim": 32,
+    "pred_hidden_dim": 8,
+    "cv_folds": 2,
+}
+
 
 def test_trial_txt_matches_the_spec_key_for_key_and_type_for_type(trained_model):
     trial = json.loads((Path(trained_model["runs_dir"]) / "metric" / "trial.txt").read_text())
@@ -74,16 +85,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
 def test_cuda_falls_back_to_cpu_and_a_wall_clock_budget_stops_training(tiny_dataset, tmp_path):
-    settings = {
-        "epochs": 1000,
-        "time_budget_s": 3,
-        "batch_size": 8,
-        "input_size": 32,
-        "num_workers": 0,
-        "proj_dim": 32,
-        "pred_hidden_dim": 8,
-        "cv_folds": 2,
-    }
+    settings = {**ENDLESS, "time_budget_s": 3}
     proc = run_train(tiny_dataset, tmp_path, trial_name="budget", settings=settings, device="cuda")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "falling back to CPU" in proc.stderr
@@ -102,15 +104,7 @@ def test_sigterm_keeps_only_a_resumable_checkpoint_and_resume_finishes_the_run(t
 
     from conftest import REPO
 
-    settings = {
-        "epochs": 1000,
-        "batch_size": 8,
-        "input_size": 32,
-        "num_workers": 0,
-        "proj_dim": 32,
-        "pred_hidden_dim": 8,
-        "cv_folds": 2,
-    }
+    settings = ENDLESS
     env = {**os.environ, "SIMSIAM_RUNS_DIR": str(tmp_path)}
     proc = subprocess.Popen(
         [

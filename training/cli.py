@@ -1,0 +1,49 @@
+"""Command-line arguments the client scripts share (SPEC.md defaults), defined once. No torch import here:
+the clients check their arguments before loading the heavy stack."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from training.outputs import DEFAULT_RUNS
+
+SPEC_MODEL_PATH = "/app/tianji/runs/models/91e2c5a9-35e4-45ee-90e4-c53d85558bbc"
+SPEC_USED_MODEL = "SimSiam_autotables-2503-train-1"
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        type=str,
+        default="cuda",
+        help="cuda, cuda:N or cpu; cuda without a GPU falls back to CPU (default: %(default)s)",
+    )
+
+
+def add_model_folder(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model_path",
+        type=str,
+        default=SPEC_MODEL_PATH,
+        help="model folder written by client_train.py, holding <used_model>.mar (default: %(default)s)",
+    )
+    p.add_argument(
+        "--used_model",
+        type=str,
+        default=SPEC_USED_MODEL,
+        help="model name: gened_model_name in trial.txt (default: %(default)s)",
+    )
+
+
+def add_runs_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--runs_dir",
+        type=str,
+        default=str(DEFAULT_RUNS),
+        help="output root holding models/ and metric/ (default: %(default)s, or $SIMSIAM_RUNS_DIR)",
+    )
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
