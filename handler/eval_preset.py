@@ -135,4 +135,15 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 def load_for_eval(data: bytes | str | Path, preset: EvalPreset) -> torch.Tensor:
     """Bytes or path -> normalised 3xHxW tensor, exactly as the served model sees it."""
-    return preset(decode_image(data, min_side=preset.resize_size))
+    image = decode_image(data, min_side=preset.resize_size)
+    # The pixel limit holds after the resize too: a 1x50000 PNG is a few hundred bytes, but resizing its shorter
+    # side to 256 px would make a 3 Gpx image (torchvision's Resize(int): longer side = int(r * long / short)).
+    r, short, long = preset.resize_size, min(image.size), max(image.size)
+    resized = r * int(r * long / short)
+    if resized > MAX_IMAGE_PIXELS:
+        raise ImageDecodeError(
+            f"the image's aspect ratio ({long / short:.0f}:1) is too extreme: resizing its shorter side to {r} px "
+            f"would make {resized / 1e6:.0f} Mpx, over the {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx limit; "
+            "crop it before sending"
+        )
+    return preset(image)

@@ -69,6 +69,9 @@ def create_app(inference_url: str, management_url: str, model_name: str, max_bod
         version="1.0",
         lifespan=lifespan,
         redoc_url=None,
+        # No 307 to the slash-less path: its Location would echo the client's Host header (an open redirect), and a
+        # wrong path should get the 404 envelope naming the right one.
+        redirect_slashes=False,
     )
     app.add_middleware(BodyLimitMiddleware, max_body=max_body)
 

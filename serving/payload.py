@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from serving.envelope import ApiError
@@ -35,6 +36,11 @@ _DATA_URI = re.compile(r"data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[^;,]*)*;base64,", r
 _NORMALISE = str.maketrans({"-": "+", "_": "/", " ": "+", "\n": None, "\r": None, "\t": None})
 _B64_CHARS = re.compile(r"[^A-Za-z0-9+/=]")
 FORMATS = "send a jpg, png, bmp, webp or tif file"
+# The SPEC's formats (MPO: the multi-picture JPEG of many cameras). PIL identifies dozens more; those are refused
+# before any decoding, since some are decoded by external programs (EPS runs Ghostscript) or rarely used code.
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF"})
+# What a damaged header of an allowed format starts with, so the client hears "damaged PNG", not "unknown format".
+_SIGNATURES = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 HOW = "send the image file's bytes base64-encoded, e.g. base64.b64encode(open(path, 'rb').read()).decode()"
 
 
@@ -48,24 +54,36 @@ class PredictInput:
 async def read_predict_request(request: Request, max_body: int) -> PredictInput:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        # `async with`: uploaded files spooled to disk are closed (deleted) once read
-        async with request.form(max_files=MAX_IMAGES, max_fields=MAX_IMAGES + 8, max_part_size=max_body) as form:
-            fields: dict[str, Any] = {key: form.getlist(key) for key in form}
-            for key in ("need_visual_data", "need_visual_result"):
-                if key in fields:
-                    fields[key] = fields[key][-1]
-            items = fields.get("content")
-            if items is not None and len(items) == 1 and not isinstance(items[0], UploadFile):
-                items = items[0]  # one text field: a single image, answered as such
-            return await _predict_input(fields, items)
+        try:
+            # `async with`: uploaded files spooled to disk are closed (deleted) once read
+            async with request.form(max_files=MAX_IMAGES, max_fields=MAX_IMAGES + 8, max_part_size=max_body) as form:
+                fields: dict[str, Any] = {key: form.getlist(key) for key in form}
+                for key in ("need_visual_data", "need_visual_result"):
+                    if key in fields:
+                        fields[key] = fields[key][-1]
+                items = fields.get("content")
+                if items is not None and len(items) == 1 and not isinstance(items[0], UploadFile):
+                    items = items[0]  # one text field: a single image, answered as such
+                return await _predict_input(fields, items)
+        except HTTPException as e:  # the form parser's complaint: no boundary, broken parts, too many files
+            raise ApiError(
+                e.status_code,
+                f"the {ctype} body cannot be read ({e.detail}); send the image file(s) in the field "
+                "'content', e.g. curl -F content=@flower.jpg",
+            ) from e
     if ctype in ("application/json", "") or ctype.endswith("+json"):
         body = await request.body()
         try:
             fields = await _off_loop(len(body), json.loads, body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ApiError(400, f'the body is not valid JSON ({e}); send {{"content": "<base64>"}}') from e
+        except RecursionError as e:  # json's C decoder recurses once per level: 10,000 '[' exhaust the stack
+            raise ApiError(400, 'the JSON body is nested too deeply; send {"content": "<base64>"}') from e
+        except ValueError as e:  # bad syntax, not UTF-8, or a number of over 4300 digits
+            why = str(e).split("; use sys.set_int_max_str_digits")[0]  # advice for the server, not the client
+            raise ApiError(400, f'the body is not valid JSON ({why}); send {{"content": "<base64>"}}') from e
         if not isinstance(fields, dict):
             raise ApiError(400, 'the JSON body must be an object such as {"content": "<base64>"}')
+        if "content" in fields and fields["content"] is None:
+            raise ApiError(400, f"'content' is null; {HOW}")
         return await _predict_input(fields, fields.get("content"))
     raise ApiError(
         400,
@@ -138,14 +156,25 @@ def check_image_header(data: bytes, where: str = "content") -> None:
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
-    except Image.DecompressionBombError as e:
-        raise ApiError(400, f"{where}: {e}; downscale the image before sending") from e
-    except UnidentifiedImageError as e:
+            fmt = im.format
+    except Image.DecompressionBombError as e:  # PIL's own check, at twice its limit: say it in our terms
+        px = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(px[1]) / 1e6:.0f} Mpx" if px else "too many pixels"
         raise ApiError(
-            400, f"{where} is not an image file of a known format (it starts with {data[:8]!r}); {FORMATS}"
+            400, f"{where} is {size}, over the {MAX_IMAGE_PIXELS / 1e6:.0f} Mpx limit; downscale it before sending"
         ) from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ApiError(400, f"{where} is not a readable image file ({e}); {FORMATS}") from e
+    except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+        why = "" if isinstance(e, UnidentifiedImageError) else f" ({e})"  # its text names only a BytesIO object
+        like = next((name for sig, name in _SIGNATURES.items() if data.startswith(sig)), None)
+        if like or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+            msg = f"{where} starts like a {like or 'WEBP'} file but its header is damaged or cut short{why}"
+        elif why:
+            msg = f"{where} is not a readable image file{why}"
+        else:
+            msg = f"{where} is not an image file of a known format (it starts with {data[:8]!r})"
+        raise ApiError(400, f"{msg}; {FORMATS}") from e
+    if fmt not in ALLOWED_FORMATS:
+        raise ApiError(400, f"{where} is in the {fmt} format, which this service does not read; {FORMATS}")
     if w * h > MAX_IMAGE_PIXELS:
         raise ApiError(
             400,
