@@ -65,9 +65,18 @@ async def _serve(app, host: str, port: int, ts) -> int:
     """Run the proxy until a signal (uvicorn drains open requests first) or until TorchServe dies (exit code 1)."""
     import uvicorn
 
+    from serving.timeouts import DeadlineH11Protocol
+
     # log_config=None: uvicorn's lines go through this process's logging format (with timestamps)
+    # DeadlineH11Protocol: a connection that sends no complete request head within 10 s is closed (slowloris)
     config = uvicorn.Config(
-        app, host=host, port=port, timeout_graceful_shutdown=10, log_config=None, server_header=False
+        app,
+        host=host,
+        port=port,
+        http=DeadlineH11Protocol,
+        timeout_graceful_shutdown=10,
+        log_config=None,
+        server_header=False,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

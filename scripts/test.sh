@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # The test command: set-up, lint, then the test suite (slow and GPU tiers are opt-in: -m slow).
+# Without arguments the 60 s load test (-m load, ~2 min) runs too, as a second pytest run: CI stays under ~7 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check . || echo "note: ruff format would reformat files (not enforced)"
-exec .venv/bin/python -m pytest "$@"
+if [ $# -gt 0 ]; then
+    exec .venv/bin/python -m pytest "$@"
+fi
+.venv/bin/python -m pytest
+exec .venv/bin/python -m pytest -m load

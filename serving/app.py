@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 from serving.body_limit import BodyLimitMiddleware, BodyTooLarge, too_large_message
 from serving.envelope import ApiError, Envelope, PredictRequest, envelope, prediction
 from serving.payload import read_predict_request
+from serving.timeouts import BodyDeadlineMiddleware
 from serving.ts_client import TorchServeClient
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def create_app(inference_url: str, management_url: str, model_name: str, max_bod
         redirect_slashes=False,
     )
     app.add_middleware(BodyLimitMiddleware, max_body=max_body)
+    app.add_middleware(BodyDeadlineMiddleware)  # a body trickled in slower than it allows gets 408
 
     @app.post("/autotable/predict", response_model=Envelope, responses=_ERRORS, openapi_extra=_REQUEST_BODY)
     async def predict(request: Request) -> JSONResponse:

@@ -58,6 +58,12 @@ class TorchServeClient:
             raise ApiError(400, detail)
         if r.status_code in (404, 503):  # no such model (version) / no worker / queue full
             raise ApiError(503, f"the model is not ready ({detail}); retry shortly")
+        if detail.startswith(("Worker died", "Worker scaled down")):
+            # The worker running this request's batch died (killed, crashed, out of memory or over responseTimeout:
+            # 500, or 507 after a SIGKILL) and TorchServe starts another (minWorkers). Not retried here: a request
+            # that crashes the worker would crash the next one too, and its batch-mates with it.
+            log.warning("TorchServe lost a worker mid-batch (%d: %s)", r.status_code, detail)
+            raise ApiError(503, "the model worker restarted while handling this request; retry shortly")
         log.error("TorchServe answered %d: %s", r.status_code, detail)
         raise ApiError(500, f"the model server failed ({r.status_code}: {detail})")
 

@@ -6,12 +6,15 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import psutil
 import pytest
 import requests
 from serving_service import REPO, alive, b64, image_bytes, start_service
+
+from bench.stress import Stream, jpeg
 
 pytestmark = pytest.mark.serving
 
@@ -63,16 +66,35 @@ def test_sigterm_stops_everything(trained_model, tmp_path):
 
 
 def test_torchserve_dying_stops_the_service(trained_model, tmp_path):
+    """The Java frontend killed while 4 clients send: client_infer.py exits 1 naming the problem, leaves nothing.
+
+    No request hangs or gets a 500: each is answered 200, or 503 in the envelope (TorchServe unreachable), or its
+    connection is refused once the proxy has stopped.
+    """
     svc = start_service(trained_model, tmp_path / "client_infer.log")
     try:
         family = svc.snapshot()
         [java] = [p for p in family if p.name() == "java"]
-        java.kill()
-        assert svc.proc.wait(60) == 1
+        with Stream(f"{svc.url}/autotable/predict", jpeg(), clients=4, max_seconds=120) as s:
+            time.sleep(2)
+            t_kill = time.monotonic()
+            java.kill()
+            assert svc.proc.wait(60) == 1
+            exited_s = time.monotonic() - t_kill
     finally:
         svc.stop()
-    assert "TorchServe exited" in svc.output()
+    statuses = Counter(r.status for r in s.records)
+    print(f"frontend killed under load: exit 1 after {exited_s:.1f} s; statuses (0: refused) {dict(statuses)}")
+    assert "TorchServe exited unexpectedly; stopping the service" in svc.output()
     assert not _gone(family)
+    assert exited_s < 30
+    assert {r.status for r in s.records if r.end < t_kill} == {200}
+    for r in s.records:
+        assert r.status in (200, 503, 0), r
+        if r.status == 503:
+            assert r.code == 503 and "retry" in r.msg, r
+        if r.status == 0:  # after the proxy stopped: refused or closed, never a timeout
+            assert "Timeout" not in r.msg and r.end - r.start < 30, r
 
 
 def test_model_that_cannot_load_fails_fast(trained_model, tmp_path):
