@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     from training.data import DatasetError
     from training.device import resolve_device
     from training.evaluate import TestJob, format_summary, run
-    from training.outputs import OutputError
+    from training.outputs import OutputError, no_room
 
     try:
         device = resolve_device(args.device)
@@ -61,6 +61,13 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         log.error("interrupted: no output folder was committed and trial.txt was not changed")
         return 130
+    except Exception as e:
+        # A full disk (or quota, or file-size limit) fails some write deep in torch, Lightning or zipfile.
+        err = no_room(e, Path(args.runs_dir).resolve())
+        if err is None:
+            raise
+        log.error("%s", err)
+        return 2
     print()
     print(format_summary(evaluation))
     print(f"\noutput folder: {trial['model_path']}")

@@ -68,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
 
     from training.data import DatasetError
     from training.device import resolve_device
-    from training.outputs import OutputError
+    from training.outputs import OutputError, no_room
     from training.train import TrainJob, run
 
     # A platform stops jobs with SIGTERM: unwind like Ctrl-C so the staging folder is removed and trial.txt
@@ -83,6 +83,13 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         log.error("interrupted: no model folder was committed and trial.txt was not changed")
         return 130
+    except Exception as e:
+        # A full disk (or quota, or file-size limit) fails some write deep in torch, Lightning or zipfile.
+        err = no_room(e, Path(args.runs_dir).resolve())
+        if err is None:
+            raise
+        log.error("%s", err)
+        return 2
     if not trial:
         return 0  # a DDP worker: rank 0 reports
     print(f"\nvalid accuracy (held-out linear probe): {trial['metric_value']:.4f}")

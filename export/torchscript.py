@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 from pathlib import Path
 
 import torch
@@ -25,7 +26,11 @@ def export_torchscript(encoder: nn.Module, head: nn.Linear, input_size: int, pat
     """Script, save to `path` (CPU weights) and check the round trip; returns the reloaded module."""
     model = Classifier(copy.deepcopy(encoder).cpu(), copy.deepcopy(head).cpu()).eval()
     scripted = torch.jit.script(model)
-    scripted.save(str(path))
+    # Serialise in memory, then write with Python: torch's C++ file writer aborts the whole process (no
+    # cleanup, no message) when the disk fills up, where a Python write raises OSError(ENOSPC).
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    path.write_bytes(buffer.getvalue())
     reloaded = torch.jit.load(str(path), map_location="cpu").eval()
     x = torch.randn(4, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():

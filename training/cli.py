@@ -4,7 +4,9 @@ the clients check their arguments before loading the heavy stack."""
 from __future__ import annotations
 
 import argparse
+import io
 import logging
+import sys
 
 from training.outputs import DEFAULT_RUNS
 
@@ -46,4 +48,8 @@ def add_runs_dir(p: argparse.ArgumentParser) -> None:
 
 
 def setup_logging() -> None:
+    # A file name that is not UTF-8 (lone surrogates after os.fsdecode) is printed escaped, not a crash.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -7,6 +7,8 @@ file that the server would refuse is also skipped here, with a warning that name
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,18 +38,46 @@ class Skipped:
 
 
 def list_images(root: Path) -> list[Path]:
-    """All image files under root, recursively, sorted; hidden files and folders are ignored."""
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.rglob("*"):
-        rel = p.relative_to(root).parts
-        if any(part.startswith(".") for part in rel):
-            continue  # .DS_Store, ._resource forks, .ipynb_checkpoints
-        # A dangling symlink is kept so that reading it fails and it is reported like any unreadable file.
-        if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink()):
-            found.append(p)
+    """All image files under root, recursively, sorted; hidden files and folders are ignored.
+
+    Linked folders are read (datasets are often assembled with symlinks), each folder once: a link back to
+    a folder already read (a loop) is not followed again. A dangling or looping file link is kept so that
+    reading it fails and it is reported like any unreadable file; FIFOs and devices are left alone.
+    """
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+
+    def walk(folder: str) -> None:
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                return
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as e:
+            log.warning("cannot list %s: %s", folder, e.strerror or e)
+            return
+        for e in entries:
+            if e.name.startswith("."):
+                continue  # .DS_Store, ._resource forks, .ipynb_checkpoints
+            if _is(e.is_dir):
+                walk(e.path)
+                continue
+            image = os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+            if image and (_is(e.is_file) or (e.is_symlink() and not os.path.exists(e.path))):
+                found.append(Path(e.path))
+
+    if root.is_dir():
+        walk(str(root))
     return sorted(found)
+
+
+def _is(check: Callable[[], bool]) -> bool:
+    try:
+        return check()
+    except OSError:  # ELOOP and friends: not a folder, not a regular file
+        return False
 
 
 def check_split(dataset: Path, split: str) -> Path:
@@ -76,6 +106,13 @@ def read_labelled(dataset: Path, split: str, classes: list[str] | None = None) -
     images = check_split(dataset, split)
     folders = sorted(d.name for d in images.iterdir() if d.is_dir() and not d.name.startswith("."))
     if classes is None:
+        for c in folders:
+            if not _is_utf8(c):
+                # The class name goes into index_to_name.json, the .mar and every HTTP answer: it must be text.
+                raise DatasetError(
+                    f"the class folder {images / c} has a name that is not valid UTF-8; rename it "
+                    "(the folder name is the class name the model answers with)"
+                )
         classes = [c for c in folders if list_images(images / c)]
         if len(classes) < 2:
             raise DatasetError(
@@ -91,6 +128,14 @@ def read_labelled(dataset: Path, split: str, classes: list[str] | None = None) -
     if not paths:
         raise DatasetError(f"{images} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return LabelledSplit(images, classes, paths, labels)
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode turned undecodable bytes into lone surrogates
+        return False
+    return True
 
 
 def read_unlabelled(dataset: Path) -> list[Path]:

@@ -1,30 +1,65 @@
-"""The runs/ folder of SPEC.md: staged model folders and an atomically replaced trial.txt."""
+"""The runs/ folder of SPEC.md: staged model folders and an atomically replaced trial.txt.
+
+A job writes `models/.staging-<uuid>` and renames it to `models/<uuid>` when complete, so trial.txt never points
+at a half-written folder. While it runs it holds an flock on `models/.staging-<uuid>.lock`. The kernel drops the
+lock when the process dies, however it dies (SIGKILL, the OOM killer), so the next job tells a dead job's
+leftovers from a live job's folder and cleans them up (`sweep_stale`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import logging
 import os
 import shutil
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 # SIMSIAM_RUNS_DIR moves outputs elsewhere (tests never write into the repository's runs/).
 DEFAULT_RUNS = Path(os.environ.get("SIMSIAM_RUNS_DIR", REPO / "runs"))
+
+# Write errors that all mean "no room here": the fix is the same, free space or write elsewhere.
+NO_ROOM = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "a file is over the file-size limit (ulimit -f) or what the filesystem allows",
+}
 
 
 class OutputError(OSError):
     """The runs directory cannot be written; the message names it and the fix."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + fsync + rename: readers see the old or the new file."""
+def no_room(e: BaseException, runs_dir: Path) -> OutputError | None:
+    """`e`, or the error that caused it, as an OutputError naming the folder and the fix when a write failed
+    for lack of room (disk full, quota, file-size limit); None for any other error."""
+    cause: BaseException | None = e
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno in NO_ROOM):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    return OutputError(
+        f"cannot write the outputs under {runs_dir}: {NO_ROOM[cause.errno]} ({cause}). Nothing half-written was "
+        "left and trial.txt was not changed: free disk space there, or set SIMSIAM_RUNS_DIR "
+        "(or --runs_dir) to a folder on a disk with room, and run again"
+    )
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder + fsync + rename: readers see the old or the new file, and a
+    failed write (disk full) leaves neither a half-written file nor the temp file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -32,8 +67,15 @@ def atomic_write_text(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"  # names stay readable: 花, café
+    # A file name that is not UTF-8 reaches us with lone surrogates (os.fsdecode), which UTF-8 cannot encode:
+    # write just those as JSON \udcXX escapes; json.loads gives the same str back (os.fsencode: the bytes).
+    atomic_write_text(path, text.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 def round4(x: float) -> float:
@@ -43,31 +85,42 @@ def round4(x: float) -> float:
 class RunFolder:
     """`runs/models/.staging-<uuid>` while the job runs, renamed to `runs/models/<uuid>` when complete.
 
-    A job that dies leaves only a dot-folder, never a `<uuid>` folder that trial.txt could point at.
+    A job that dies leaves only dot-entries, never a `<uuid>` folder that trial.txt could point at; the next
+    job sweeps them up (`sweep_stale`).
     """
 
     def __init__(self, runs_dir: Path) -> None:
         self.runs_dir = runs_dir.resolve()
         self.id = str(uuid.uuid4())
-        self.final = self.runs_dir / "models" / self.id
-        self.path = self.runs_dir / "models" / f".staging-{self.id}"
+        models = self.runs_dir / "models"
+        self.final = models / self.id
+        self.path = models / f".staging-{self.id}"
+        self._lock = _lock_file(self.path)
+        self._lock_fd: int | None = None
         try:
-            self.path.mkdir(parents=True)
+            models.mkdir(parents=True, exist_ok=True)
+            # The lock is taken before the folder exists: a staging folder without a held lock is never live.
+            self._lock_fd = _take_lock(self._lock, create=True)
+            self.path.mkdir()
             probe = self.path / ".write-test"
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
+            self.discard()
             raise OutputError(
                 f"cannot write to the runs directory {self.runs_dir} ({e.strerror or e}); "
                 "free disk space, fix its permissions or set SIMSIAM_RUNS_DIR to a writable folder"
             ) from e
+        sweep_stale(models)
 
     def commit(self) -> Path:
         os.replace(self.path, self.final)
+        self._unlock()
         return self.final
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        self._unlock()
 
     def keep_for_resume(self) -> Path | None:
         """After an interruption: keep the last checkpoint as `.interrupted-<uuid>` (a dot-folder, which trial.txt
@@ -77,12 +130,96 @@ class RunFolder:
             return None
         kept = self.path.with_name(f".interrupted-{self.id}")
         os.replace(self.path, kept)
+        self._unlock()
         return kept
 
     def write_trial(self, trial: dict[str, Any]) -> Path:
         path = self.runs_dir / "metric" / "trial.txt"
         atomic_write_json(path, trial)
         return path
+
+    def _unlock(self) -> None:
+        # Unlink while still holding the lock: a sweeper never sees this file unlocked while the folder exists.
+        with contextlib.suppress(OSError):
+            self._lock.unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _lock_file(staging: Path) -> Path:
+    return staging.with_name(staging.name + ".lock")
+
+
+def _take_lock(path: Path, create: bool) -> int | None:
+    """An fd holding an exclusive flock on `path`, or None when another process holds it. flock (not fcntl
+    locks) is per open file, so a second RunFolder in the same process also sees the lock as held."""
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError as e:
+        if not create:
+            os.close(fd)
+            raise
+        # No locks on this filesystem (some network mounts): run anyway; leftovers are then not swept.
+        log.warning("cannot lock %s (%s): leftovers of killed runs are not cleaned up automatically", path, e)
+        return fd
+    if create:
+        try:
+            os.write(fd, f"pid {os.getpid()}\n".encode())  # for people looking at the folder
+        except OSError:
+            os.close(fd)
+            raise
+    return fd
+
+
+def sweep_stale(models: Path) -> None:
+    """Clean up the staging folders of jobs that died without unwinding (SIGKILL, the OOM killer, a power cut).
+
+    A staging folder holding a complete checkpoint becomes `.interrupted-<uuid>`, as after Ctrl-C or SIGTERM,
+    so `resume: "last"` continues it; one without is removed. Live jobs' folders (lock held) are left alone.
+    """
+    for lock in models.glob(".staging-*.lock"):
+        try:
+            fd = _take_lock(lock, create=False)
+        except OSError:
+            continue  # removed meanwhile by its job or another sweeper, or no locks here: leave it
+        if fd is None:
+            continue  # a live job
+        try:
+            _recover(lock.with_name(lock.name.removesuffix(".lock")))
+            lock.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+    for folder in models.glob(".staging-*"):
+        # Without a lock file: the job died between unlinking it and renaming (or wrote no lock, an older version).
+        if folder.is_dir() and not _lock_file(folder).exists():
+            _recover(folder)
+
+
+def _recover(staging: Path) -> None:
+    try:
+        checkpoint = newest_checkpoint(staging)
+        if checkpoint:
+            kept = staging.with_name(".interrupted-" + staging.name.removeprefix(".staging-"))
+            os.replace(staging, kept)
+            log.warning(
+                "a run that was killed left %s; its last checkpoint %s is kept in %s: continue it with "
+                "advance_settings resume='last', or delete that folder",
+                staging.name,
+                checkpoint.name,
+                kept,
+            )
+        else:
+            shutil.rmtree(staging)
+            log.info("removed %s, left by a run that was killed before its first checkpoint", staging)
+    except FileNotFoundError:
+        pass  # its job committed it or another job swept it meanwhile
+    except OSError as e:
+        log.warning("cannot clean up %s, left by a killed run: %s", staging, e)
 
 
 def find_resume_checkpoint(runs_dir: Path, resume: str) -> Path | None:
@@ -104,6 +241,10 @@ def find_resume_checkpoint(runs_dir: Path, resume: str) -> Path | None:
 
 
 def newest_checkpoint(run_folder: Path) -> Path | None:
-    """The newest Lightning checkpoint of a run folder (`checkpoints/epoch=N-step=M.ckpt`), if any."""
-    found = list((run_folder / "checkpoints").glob("*.ckpt"))
+    """The newest complete Lightning checkpoint of a run folder (`checkpoints/epoch=N-step=M.ckpt`), if any.
+
+    A checkpoint is a zip whose directory is written last: a file cut short by a kill has none and is passed
+    over (the previous epoch's checkpoint is still there, Lightning removes it only after the next is saved).
+    """
+    found = [p for p in (run_folder / "checkpoints").glob("*.ckpt") if zipfile.is_zipfile(p)]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
