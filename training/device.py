@@ -24,3 +24,18 @@ def resolve_device(name: str) -> torch.device:
     if index >= torch.cuda.device_count():
         raise ValueError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible (cuda:0..)")
     return torch.device("cuda", index)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively here (AVX512-BF16 or AMX): then bf16 autocast is ~1.7x fp32 on CPU."""
+    try:
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private probe: its absence means "do not rely on it"
+        return False
+
+
+def auto_precision(device: torch.device) -> str:
+    """Lightning precision for `precision: "auto"`: fp16 AMP on GPU, bf16 autocast on a CPU that has bf16 units."""
+    if device.type == "cuda":
+        return "16-mixed"
+    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"

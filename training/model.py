@@ -36,6 +36,9 @@ class SimSiam(pl.LightningModule):
         self.save_hyperparameters({"settings": settings.to_dict(), "steps_per_epoch": steps_per_epoch})
         self.settings = settings
         self.backbone, feature_dim = build_backbone(settings.backbone, settings.small_stem)
+        # NHWC convolutions: +17 % images/s for resnet18 at 64 px on CPU (bench/train_throughput.py), and the
+        # layout tensor cores want under AMP on GPU. Export converts back (training/train.py).
+        self.backbone.to(memory_format=torch.channels_last)
         self.projection_head = SimSiamProjectionHead(feature_dim, settings.proj_dim, settings.proj_dim)
         self.prediction_head = SimSiamPredictionHead(settings.proj_dim, settings.pred_hidden_dim, settings.proj_dim)
         self.criterion = NegativeCosineSimilarity()
@@ -51,7 +54,7 @@ class SimSiam(pl.LightningModule):
         return z, p
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        f = self.backbone(x)  # NxC
+        f = self.backbone(x.contiguous(memory_format=torch.channels_last))  # NxC
         z = self.projection_head(f)  # Nxd
         p = self.prediction_head(z)  # Nxd
         return z, p, f

@@ -4,12 +4,14 @@ Each image is decoded once at the start of the run (JPEGs at reduced DCT scale),
 shorter side is `2 * input_size` and kept as uint8 pixels while the cache budget lasts; the rest are
 decoded from disk on access. The factor 2 keeps the smallest crop (min_scale 0.2, i.e. 0.45 of the
 side) at about native resolution. The scan also finds unreadable files before training starts.
+
+The DataLoader asks for whole batches (`__getitems__`), so the augmentation runs once per batch in the
+loader worker (training/augment.py) rather than once per image.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from handler.eval_preset import ImageDecodeError, decode_image
+from training.augment import SimSiamAugment
 from training.data import DatasetError, Skipped
 
 log = logging.getLogger(__name__)
@@ -33,20 +36,20 @@ def _downscale(im: Image.Image, side: int) -> Image.Image:
 
 
 class PretrainImages(Dataset):
-    """`dataset[i]` -> `transform(PIL image)`, e.g. lightly's SimSiamTransform -> [view0, view1]."""
+    """`dataset.__getitems__(indices)` -> [view0 Nx3xSxS, view1 Nx3xSxS]; `dataset[i]` -> the same for one image."""
 
     def __init__(
         self,
         paths: list[Path],
         input_size: int,
-        transform: Callable[[Image.Image], object],
+        augment: SimSiamAugment,
         cache_mb: int,
         skipped: Skipped,
         threads: int = 4,
     ) -> None:
         self.keep_side = 2 * input_size
-        self.transform = transform
-        self.items: list[np.ndarray | Path] = []
+        self.augment = augment
+        self.items: list[torch.Tensor | Path] = []
         budget = cache_mb * 2**20
         self.cached_bytes = 0
 
@@ -64,7 +67,7 @@ class PretrainImages(Dataset):
                     if isinstance(r, ImageDecodeError):
                         skipped.add(str(p), str(r))
                         continue
-                    pixels = np.asarray(r, dtype=np.uint8)
+                    pixels = _to_tensor(r)
                     if self.cached_bytes + pixels.nbytes <= budget:
                         self.items.append(pixels)
                         self.cached_bytes += pixels.nbytes
@@ -72,7 +75,7 @@ class PretrainImages(Dataset):
                         self.items.append(p)
         if not self.items:
             raise DatasetError(f"none of the {len(paths)} train images could be read (see the warnings above)")
-        n_cached = sum(isinstance(i, np.ndarray) for i in self.items)
+        n_cached = sum(isinstance(i, torch.Tensor) for i in self.items)
         log.info(
             "train images: %d readable, %d cached in memory (%.0f MiB of %d MiB budget)",
             len(self.items),
@@ -84,21 +87,29 @@ class PretrainImages(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def image(self, i: int) -> Image.Image:
+    def pixels(self, i: int) -> torch.Tensor:
+        """uint8 3xHxW, shorter side at most 2 * input_size."""
         item = self.items[i]
-        if isinstance(item, np.ndarray):
-            return Image.fromarray(item)
+        if isinstance(item, torch.Tensor):
+            return item
         try:
-            return _downscale(decode_image(item, min_side=self.keep_side), self.keep_side)
+            return _to_tensor(_downscale(decode_image(item, min_side=self.keep_side), self.keep_side))
         except ImageDecodeError:
             # Changed on disk since the scan: fall back to a cached neighbour rather than crash an epoch.
             log.warning("%s became unreadable during training; using another image", item)
-            return self.image((i + 1) % len(self.items))
+            return self.pixels((i + 1) % len(self.items))
 
-    def __getitem__(self, i: int):
-        return self.transform(self.image(i))
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+        return self.augment.views([self.pixels(i) for i in indices])
+
+    def __getitem__(self, i: int) -> list[torch.Tensor]:
+        return [v[0] for v in self.__getitems__([i])]
 
 
-def collate_views(batch: list) -> list[torch.Tensor]:
-    """[[v0, v1], ...] -> [V0 (Nx3xHxW), V1 (Nx3xHxW)]."""
-    return [torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])]
+def _to_tensor(im: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def collate_views(batch: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The batch is already [view0, view1] (built by `__getitems__`); the DataLoader needs a collate_fn anyway."""
+    return batch

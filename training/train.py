@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from lightly.transforms import SimSiamTransform
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
@@ -22,7 +21,9 @@ from torch.utils.data import DataLoader
 from export.archive import CLASSES_FILE, MODEL_FILE, PRESET_FILE, build_mar, write_class_names
 from export.torchscript import export_torchscript
 from handler.eval_preset import EvalPreset
+from training.augment import augment_for
 from training.data import DatasetError, LabelledSplit, Skipped, decode_all, read_labelled, read_unlabelled
+from training.device import auto_precision
 from training.downstream import linear_probe
 from training.features import run_frozen
 from training.model import SimSiam
@@ -89,16 +90,7 @@ def prepare_data(job: TrainJob) -> tuple[PretrainImages, LabelledSplit, EvalPres
     relabel = {old: new for new, old in enumerate(sorted(set(valid.labels)))}
     valid.labels = [relabel[y] for y in valid.labels]
 
-    transform = SimSiamTransform(
-        input_size=s.input_size,
-        min_scale=s.min_scale,
-        cj_strength=s.cj_strength,
-        cj_hue=min(s.cj_hue, 0.5 / s.cj_strength) if s.cj_strength > 0 else 0.0,  # ColorJitter caps hue at 0.5
-        random_gray_scale=s.gray_prob,
-        # The paper's CIFAR recipe has no blur: at 32 px it erases the little detail there is.
-        gaussian_blur=0.0 if s.input_size < 64 else 0.5,
-    )
-    train_set = PretrainImages(read_unlabelled(job.dataset), s.input_size, transform, s.cache_mb, skipped, threads)
+    train_set = PretrainImages(read_unlabelled(job.dataset), s.input_size, augment_for(s), s.cache_mb, skipped, threads)
     return train_set, valid, preset, skipped
 
 
@@ -145,7 +137,7 @@ def _train_and_export(
         # SimSiam's BN statistics must span all devices; torch's SyncBatchNorm exists for CUDA only, so CPU
         # (gloo) DDP keeps per-process BN -- fine for tests, not a way to train at scale.
         sync_batchnorm=s.strategy.startswith("ddp") and on_gpu,
-        precision=("16-mixed" if on_gpu else "32-true") if s.precision == "auto" else s.precision,
+        precision=auto_precision(job.device) if s.precision == "auto" else s.precision,
         max_epochs=s.epochs,
         max_time=timedelta(seconds=s.time_budget_s) if s.time_budget_s > 0 else None,
         logger=CSVLogger(save_dir=str(work), name="logs", version=""),
@@ -168,7 +160,8 @@ def _train_and_export(
         return {}  # the downstream evaluation and export run once, on rank 0
 
     t_valid = time.monotonic()
-    encoder = model.backbone.to(job.device)
+    # Trained channels_last (faster convolutions); exported and served in the default layout.
+    encoder = model.backbone.to(job.device, memory_format=torch.contiguous_format)
     features, kept, bad = run_frozen(encoder, valid.paths, preset, job.device, num_workers=min(2, s.num_workers))
     for i, err in bad:
         skipped.add(str(valid.paths[i]), err)

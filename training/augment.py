@@ -1,0 +1,171 @@
+"""SimSiam's two augmented views, drawn for a whole batch of uint8 images at once.
+
+The same recipe as lightly's `SimSiamTransform` (SimSiam paper, Appendix A: RandomResizedCrop,
+horizontal flip, ColorJitter with p=0.8, RandomGrayscale, Gaussian blur, ImageNet normalisation),
+with every random parameter drawn per view, but the colour and blur steps run as a few tensor
+operations over the batch instead of PIL calls per image. Only the crop is per image (images differ in
+size); it resizes uint8 pixels with torchvision.transforms.v2. On 2 CPU cores this is what lets the
+loader workers keep up without taking the cores the model needs (see bench/train_throughput.py).
+
+One difference from torchvision's ColorJitter: the order of brightness/contrast/saturation/hue is
+drawn once per batch rather than per image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms.v2 import functional as TF
+
+from handler.eval_preset import IMAGENET_MEAN, IMAGENET_STD
+from training.settings import Settings
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision rgb_to_grayscale's ITU-R 601 weights
+
+
+@dataclass(frozen=True)
+class SimSiamAugment:
+    input_size: int
+    min_scale: float = 0.2
+    cj_prob: float = 0.8
+    cj_bright: float = 0.4
+    cj_contrast: float = 0.4
+    cj_sat: float = 0.4
+    cj_hue: float = 0.1
+    gray_prob: float = 0.2
+    blur_prob: float = 0.5
+    blur_sigmas: tuple[float, float] = (0.1, 2.0)
+    hflip_prob: float = 0.5
+
+    def views(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """images: uint8 3xHxW tensors of any sizes -> [view0, view1], each float32 Nx3xSxS, normalised."""
+        n = len(images)
+        crops = torch.stack([self._crop(im) for im in images] + [self._crop(im) for im in images])
+        x = self.augment(crops.float().div_(255))
+        return [x[:n], x[n:]]
+
+    def _crop(self, image: torch.Tensor) -> torch.Tensor:
+        top, left, h, w = RandomResizedCrop.get_params(image, (self.min_scale, 1.0), (3 / 4, 4 / 3))
+        size = [self.input_size, self.input_size]
+        return TF.resized_crop(image, top, left, h, w, size, antialias=True)
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """x: float Nx3xSxS in [0, 1] (one crop per view) -> flipped, jittered, grey, blurred, normalised."""
+        n = x.shape[0]
+        flip = torch.rand(n) < self.hflip_prob
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        x = self._color_jitter(x, torch.rand(n) < self.cj_prob)
+        gray = torch.rand(n) < self.gray_prob
+        x = torch.where(gray[:, None, None, None], _grayscale(x).expand_as(x), x)
+        x = self._blur(x, torch.rand(n) < self.blur_prob)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def _color_jitter(self, x: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+
+        def factors(lo: float, hi: float, identity: float) -> torch.Tensor:
+            f = lo + (hi - lo) * torch.rand(n)
+            return torch.where(on, f, torch.full_like(f, identity)).view(n, 1, 1, 1)
+
+        def around_one(strength: float) -> torch.Tensor:
+            return factors(max(0.0, 1 - strength), 1 + strength, 1.0)
+
+        # Drawn before the order so the random stream does not depend on it.
+        b, c, s = around_one(self.cj_bright), around_one(self.cj_contrast), around_one(self.cj_sat)
+        h = factors(-self.cj_hue, self.cj_hue, 0.0)
+        for op in torch.randperm(4).tolist():
+            if op == 0 and self.cj_bright > 0:
+                x = (x * b).clamp_(0, 1)
+            elif op == 1 and self.cj_contrast > 0:
+                m = _grayscale(x).mean(dim=(-3, -2, -1), keepdim=True)
+                x = (c * x + (1 - c) * m).clamp_(0, 1)
+            elif op == 2 and self.cj_sat > 0:
+                x = (s * x + (1 - s) * _grayscale(x)).clamp_(0, 1)
+            elif op == 3 and self.cj_hue > 0:
+                x = _shift_hue(x, h, on)
+        return x
+
+    def _blur(self, x: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
+        if self.blur_prob <= 0 or not bool(on.any()):
+            return x
+        idx = on.nonzero().squeeze(1)
+        lo, hi = self.blur_sigmas
+        sigma = lo + (hi - lo) * torch.rand(len(idx))
+        radius = math.ceil(3 * hi)
+        t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+        k = torch.exp(-0.5 * (t[None, :] / sigma[:, None]) ** 2)
+        k = (k / k.sum(1, keepdim=True)).repeat_interleave(3, dim=0)  # one kernel per (view, channel)
+        sel = x[idx]
+        m, _, hgt, wid = sel.shape
+        y = sel.reshape(1, m * 3, hgt, wid)
+        pad = min(radius, hgt - 1, wid - 1)  # reflect padding needs pad < size
+        k = k[:, radius - pad : radius + pad + 1] if pad < radius else k
+        y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), k[:, None, None, :], groups=m * 3)
+        y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), k[:, None, :, None], groups=m * 3)
+        out = x.clone()
+        out[idx] = y.reshape(m, 3, hgt, wid)
+        return out
+
+
+def augment_for(s: Settings) -> SimSiamAugment:
+    """The settings' augmentation: lightly's SimSiamTransform defaults scaled by `cj_strength`."""
+    return SimSiamAugment(
+        input_size=s.input_size,
+        min_scale=s.min_scale,
+        cj_bright=0.4 * s.cj_strength,
+        cj_contrast=0.4 * s.cj_strength,
+        cj_sat=0.4 * s.cj_strength,
+        cj_hue=min(s.cj_hue * s.cj_strength, 0.5),  # a hue shift beyond half a turn wraps around
+        gray_prob=s.gray_prob,
+        # The paper's CIFAR recipe has no blur: at 32 px it erases the little detail there is.
+        blur_prob=0.0 if s.input_size < 64 else 0.5,
+    )
+
+
+def _grayscale(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(-3)
+    w = GRAY_WEIGHTS
+    return (w[0] * r + w[1] * g + w[2] * b).unsqueeze(-3)
+
+
+def _shift_hue(x: torch.Tensor, shift: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
+    """Rotate hue by `shift` (fraction of a turn, per view) through HSV, as torchvision's adjust_hue."""
+    if not bool(on.any()):
+        return x
+    idx = on.nonzero().squeeze(1)
+    h, s, v = _rgb_to_hsv(x[idx])
+    h = (h + shift[idx].view(-1, 1, 1)) % 1.0
+    out = x.clone()
+    out[idx] = _hsv_to_rgb(h, s, v)
+    return out
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r, g, b = x.unbind(-3)
+    maxc, _ = x.max(-3)
+    minc, _ = x.min(-3)
+    delta = maxc - minc
+    s = delta / torch.where(maxc == 0, torch.ones_like(maxc), maxc)
+    d = torch.where(delta == 0, torch.ones_like(delta), delta)
+    rc, gc, bc = (maxc - r) / d, (maxc - g) / d, (maxc - b) / d
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.where(delta == 0, torch.zeros_like(h), (h / 6.0) % 1.0)
+    return h, s, maxc
+
+
+def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.to(torch.int64) % 6
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    # Sector i of the hue circle picks which of (v, t, p, q) goes to r, g and b.
+    table = torch.stack([v, q, p, p, t, v, t, v, v, q, p, p, p, p, t, v, v, q], dim=-3).view(
+        *v.shape[:-2], 3, 6, *v.shape[-2:]
+    )
+    return table.gather(-3, i[..., None, None, :, :].expand(*v.shape[:-2], 3, 1, *v.shape[-2:])).squeeze(-3)
