@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: set-up, lint, then the test suite (slow and GPU tiers are opt-in: -m slow).
-# Without arguments the 60 s load test (-m load, ~2 min) runs too, as a second pytest run: CI stays under ~7 min.
+# Without arguments the 60 s load test (-m load, ~2 min) runs too, as a second pytest run: CI takes ~8 min on a fresh 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
