@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from training.cli import add_device, add_model_folder, add_runs_dir, setup_logging
+from training.cli import add_device, add_model_folder, add_runs_dir, job_failure, setup_logging
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     from training.data import DatasetError
     from training.device import resolve_device
     from training.evaluate import TestJob, format_summary, run
-    from training.outputs import OutputError, no_room
+    from training.outputs import OutputError
 
     try:
         device = resolve_device(args.device)
@@ -58,16 +58,8 @@ def main(args: argparse.Namespace) -> int:
     except (DatasetError, ModelFolderError, OutputError, ValueError) as e:
         log.error("%s", e)
         return 2
-    except KeyboardInterrupt:
-        log.error("interrupted: no output folder was committed and trial.txt was not changed")
-        return 130
-    except Exception as e:
-        # A full disk (or quota, or file-size limit) fails some write deep in torch, Lightning or zipfile.
-        err = no_room(e, Path(args.runs_dir).resolve())
-        if err is None:
-            raise
-        log.error("%s", err)
-        return 2
+    except BaseException as e:  # Ctrl-C or a full disk: a clear message and exit code; a bug re-raises
+        return job_failure(e, Path(args.runs_dir), "output folder", log)
     print()
     print(format_summary(evaluation))
     print(f"\noutput folder: {trial['model_path']}")

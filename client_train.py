@@ -14,7 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
-from training.cli import add_device, add_runs_dir, setup_logging
+from training.cli import add_device, add_runs_dir, job_failure, setup_logging
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -68,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
 
     from training.data import DatasetError
     from training.device import resolve_device
-    from training.outputs import OutputError, no_room
+    from training.outputs import OutputError
     from training.train import TrainJob, run
 
     # A platform stops jobs with SIGTERM: unwind like Ctrl-C so the staging folder is removed and trial.txt
@@ -80,16 +80,8 @@ def main(args: argparse.Namespace) -> int:
     except (DatasetError, OutputError, FileNotFoundError, ValueError) as e:
         log.error("%s", e)
         return 2
-    except KeyboardInterrupt:
-        log.error("interrupted: no model folder was committed and trial.txt was not changed")
-        return 130
-    except Exception as e:
-        # A full disk (or quota, or file-size limit) fails some write deep in torch, Lightning or zipfile.
-        err = no_room(e, Path(args.runs_dir).resolve())
-        if err is None:
-            raise
-        log.error("%s", err)
-        return 2
+    except BaseException as e:  # Ctrl-C or a full disk: a clear message and exit code; a bug re-raises
+        return job_failure(e, Path(args.runs_dir), "model folder", log)
     if not trial:
         return 0  # a DDP worker: rank 0 reports
     print(f"\nvalid accuracy (held-out linear probe): {trial['metric_value']:.4f}")

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-import torchvision
 from lightly.data import LightlyDataset
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
@@ -68,12 +67,8 @@ def run_product(dataset: Path, settings: dict, runs: Path) -> tuple[Path, dict]:
 
 def lightly_recipe(dataset: Path, s: Settings, budget_s: float) -> tuple[nn.Module, int]:
     """lightly's example loop for `budget_s` seconds of training; returns (backbone, steps)."""
-    resnet = getattr(torchvision.models, s.backbone)()  # torchvision's default init, as the example
-    if s.small_stem:  # the same architecture as the product's encoder at this input size
-        resnet.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        resnet.maxpool = nn.Identity()
-    dim = resnet.fc.in_features
-    backbone = nn.Sequential(*list(resnet.children())[:-1], nn.Flatten())
+    # The product's architecture at this input size, with torchvision's default init as the example has it.
+    backbone, dim = build_backbone(s.backbone, s.small_stem, zero_init_residual=False)
     projection, prediction = SimSiamProjectionHead(dim, 512, 128), SimSiamPredictionHead(128, 64, 128)
     params = [*backbone.parameters(), *projection.parameters(), *prediction.parameters()]
     data = LightlyDataset(str(dataset / "train" / "images"), transform=SimSiamTransform(input_size=s.input_size))

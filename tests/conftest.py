@@ -87,3 +87,14 @@ def trained_model(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) 
     trial = json.loads((runs / "metric" / "trial.txt").read_text())
     trial["runs_dir"] = str(runs)
     return trial
+
+
+@pytest.fixture(scope="module")
+def service(trained_model: dict, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    """One real client_infer.py (proxy + TorchServe) per test module, stopped cleanly at its end."""
+    from serving_service import start_service
+
+    log_dir = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    svc = start_service(trained_model, log_dir / "client_infer.log")
+    yield svc
+    assert svc.stop() == 0, svc.output()[-3000:]

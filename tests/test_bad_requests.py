@@ -26,19 +26,12 @@ from bad_requests import PREDICT, Answer, assert_envelope, assert_predictions, e
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from serving_service import b64, image_bytes, start_service
+from serving_service import b64, image_bytes
 
 pytestmark = pytest.mark.serving
 MAX_SECONDS = 5.0  # per request: bad input is refused before any heavy work, good input is a 32-px model
 JSON = {"Content-Type": "application/json"}
 GOOD_JPEG = image_bytes((64, 48), seed=3)
-
-
-@pytest.fixture(scope="module")
-def service(trained_model, tmp_path_factory):
-    svc = start_service(trained_model, tmp_path_factory.mktemp("bad_requests") / "client_infer.log")
-    yield svc
-    assert svc.stop() == 0, svc.output()[-3000:]
 
 
 def same_processes(svc) -> bool:

@@ -18,19 +18,12 @@ from dataclasses import dataclass
 import psutil
 import pytest
 import requests
-from serving_service import b64, image_bytes, start_service
+from serving_service import b64, image_bytes
 
 from bench.stress import Stream, jpeg, kill_worker, wait_recovered, worker_pids
 from serving.timeouts import BODY_GRACE_S, HEAD_TIMEOUT_S
 
 pytestmark = pytest.mark.serving
-
-
-@pytest.fixture(scope="module")
-def service(trained_model, tmp_path_factory):
-    svc = start_service(trained_model, tmp_path_factory.mktemp("faults") / "client_infer.log")
-    yield svc
-    assert svc.stop() == 0, svc.output()[-3000:]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV], ids=["SIGKILL", "SIGSEGV"])

@@ -10,19 +10,11 @@ import time
 
 import pytest
 import requests
-from serving_service import start_service
 
 from bench.stress import Stream, growth, jpeg, manage, rss_mib, switch_version
 
 pytestmark = [pytest.mark.serving, pytest.mark.load]
 CLIENTS, SECONDS, WARMUP = 16, 60.0, 10.0
-
-
-@pytest.fixture(scope="module")
-def service(trained_model, tmp_path_factory):
-    svc = start_service(trained_model, tmp_path_factory.mktemp("load") / "client_infer.log")
-    yield svc
-    assert svc.stop() == 0, svc.output()[-3000:]
 
 
 def test_sixteen_clients_for_a_minute_with_a_version_switch(service, trained_model):

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import requests
 from bad_requests import assert_envelope, assert_predictions, png_with_header, send
-from serving_service import REPO, b64, image_bytes, start_service
+from serving_service import REPO, b64, image_bytes
 
 from serving.app import MAX_BODY
 from serving.payload import ALLOWED_FORMATS, MAX_IMAGE_PIXELS, MAX_IMAGES
@@ -27,13 +27,6 @@ from serving.ts_config import read_properties
 pytestmark = pytest.mark.serving
 JSON = {"Content-Type": "application/json"}
 SMALL = image_bytes((40, 30), seed=5)
-
-
-@pytest.fixture(scope="module")
-def service(trained_model, tmp_path_factory):
-    svc = start_service(trained_model, tmp_path_factory.mktemp("security") / "client_infer.log")
-    yield svc
-    assert svc.stop() == 0, svc.output()[-3000:]
 
 
 def post_json(service, payload: object) -> object:

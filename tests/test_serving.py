@@ -21,17 +21,10 @@ from pathlib import Path
 import pytest
 import requests
 from PIL import Image
-from serving_service import REPO, b64, image_bytes, start_service
+from serving_service import REPO, b64, image_bytes
 
 pytestmark = pytest.mark.serving
 PROB = re.compile(r"^[01]\.\d{4}$")
-
-
-@pytest.fixture(scope="module")
-def service(trained_model, tmp_path_factory):
-    svc = start_service(trained_model, tmp_path_factory.mktemp("serving") / "client_infer.log")
-    yield svc
-    assert svc.stop() == 0, svc.output()[-3000:]
 
 
 @pytest.fixture(scope="module")

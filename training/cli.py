@@ -7,8 +7,9 @@ import argparse
 import io
 import logging
 import sys
+from pathlib import Path
 
-from training.outputs import DEFAULT_RUNS
+from training.outputs import DEFAULT_RUNS, no_room
 
 SPEC_MODEL_PATH = "/app/tianji/runs/models/91e2c5a9-35e4-45ee-90e4-c53d85558bbc"
 SPEC_USED_MODEL = "SimSiam_autotables-2503-train-1"
@@ -53,3 +54,16 @@ def setup_logging() -> None:
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def job_failure(e: BaseException, runs_dir: Path, folder: str, log: logging.Logger) -> int:
+    """Exit code for Ctrl-C or a full disk (logged with what was kept); anything else is a bug and is re-raised."""
+    if isinstance(e, KeyboardInterrupt):
+        log.error("interrupted: no %s was committed and trial.txt was not changed", folder)
+        return 130
+    # A full disk (or quota, or file-size limit) fails some write deep in torch, Lightning or zipfile.
+    err = no_room(e, runs_dir.resolve())
+    if err is None:
+        raise e
+    log.error("%s", err)
+    return 2
