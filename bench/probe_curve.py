@@ -1,0 +1,95 @@
+"""Linear-probe accuracy against SimSiam steps: does more pretraining buy accuracy on this dataset?
+
+    .venv/bin/python -m bench.probe_curve --dataset demo --steps 1000 --every 200 \
+        --settings '{"lr": 0.1, "cj_hue": 0.5, "gray_prob": 0.5, "min_scale": 0.5}'
+
+The product's pieces (PretrainImages + the batched augmentation, the SimSiam module, its optimizer and the
+cosine schedule over --steps, bf16 autocast where training would use it) in a plain loop, so the encoder
+can be probed every --every steps with the probe client_train.py uses. Step 0 is the random init.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from contextlib import nullcontext
+
+import torch
+from torch.utils.data import DataLoader
+
+from bench.accuracy_budget import dataset_root
+from bench.random_init_probe import probe_encoder
+from handler.eval_preset import EvalPreset
+from training.augment import augment_for
+from training.data import Skipped, read_unlabelled
+from training.device import auto_precision
+from training.model import SimSiam
+from training.pretrain_data import PretrainImages, collate_views
+from training.settings import build_settings
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="demo", help="demo, photo, or a dataset folder")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--every", type=int, default=200)
+    p.add_argument("--settings", default="{}", help="product settings as JSON (input_size 64, batch 64 unless set)")
+    a = p.parse_args()
+    dataset = dataset_root(a.dataset)
+    s = build_settings({"input_size": 64, "batch_size": 64, "num_workers": 2, **json.loads(a.settings)})
+    torch.manual_seed(s.seed)
+    preset = EvalPreset(input_size=s.input_size)
+    data = PretrainImages(read_unlabelled(dataset), s.input_size, augment_for(s), s.cache_mb, Skipped())
+    loader = DataLoader(
+        data,
+        batch_size=s.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=s.num_workers,
+        persistent_workers=s.num_workers > 0,
+        collate_fn=collate_views,
+    )
+    model = SimSiam(s, steps_per_epoch=len(loader), global_batch=s.batch_size)
+    optimizer = model.configure_optimizers()
+    bf16 = s.precision == "bf16-mixed" or (s.precision == "auto" and auto_precision(torch.device("cpu")) != "32-true")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    print(f"dataset {dataset}, settings {json.loads(a.settings)}, bf16 {bf16}")
+    print(f"{'step':>6}{'seconds':>9}{'probe acc':>11}{'kNN acc':>9}")
+
+    probing = 0.0  # seconds spent probing, left out of the training time
+
+    def report(step: int) -> None:
+        nonlocal probing
+        t = time.monotonic()
+        r = probe_encoder(model.backbone, dataset, preset, s.cv_folds, s.knn_k)
+        print(f"{step:>6}{t - t0 - probing:>9.0f}{r.acc:>11.4f}{r.knn_acc:>9.4f}", flush=True)
+        probing += time.monotonic() - t
+
+    step, t0 = 0, time.monotonic()
+    report(0)
+    while step < a.steps:
+        for x0, x1 in loader:
+            # The product's schedule (training/model.py): cosine decay of the encoder lr, fixed predictor lr.
+            optimizer.param_groups[0]["lr"] = model.peak_lr * 0.5 * (1 + math.cos(math.pi * step / a.steps))
+            model.train()
+            with autocast:
+                z0, p0, _ = model._encode(x0)
+                z1, p1, _ = model._encode(x1)
+            loss = 0.5 * (
+                model.criterion(p0.float(), z1.detach().float()) + model.criterion(p1.float(), z0.detach().float())
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step % a.every == 0 or step == a.steps:
+                report(step)
+            if step >= a.steps:
+                break
+
+
+if __name__ == "__main__":
+    main()
