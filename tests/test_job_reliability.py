@@ -45,7 +45,17 @@ def start_train(dataset: Path, runs: Path, trial_name: str, settings: dict) -> s
     log = runs.parent / f"{trial_name}-{uuid.uuid4().hex[:8]}.log"
     env = {**os.environ, "SIMSIAM_RUNS_DIR": str(runs)}
     with open(log, "w") as f:
-        proc = subprocess.Popen(train_cmd(dataset, trial_name, settings), cwd=REPO, env=env, stdout=f, stderr=f)
+        proc = subprocess.Popen(
+            train_cmd(dataset, trial_name, settings),
+            cwd=REPO,
+            env=env,
+            stdout=f,
+            stderr=f,
+            # A shell starts background jobs (`cmd &`) with SIGINT ignored, and an ignored signal stays ignored
+            # across exec: Python would then never raise KeyboardInterrupt. Give the job the default, as a
+            # terminal or a platform's stop does.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
     proc.log = log  # type: ignore[attr-defined]
     return proc
 
