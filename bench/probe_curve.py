@@ -17,7 +17,6 @@ import time
 from contextlib import nullcontext
 
 import torch
-from torch.utils.data import DataLoader
 
 from bench.accuracy_budget import dataset_root
 from bench.random_init_probe import probe_encoder
@@ -26,7 +25,7 @@ from training.augment import augment_for
 from training.data import Skipped, read_unlabelled
 from training.device import auto_precision
 from training.model import SimSiam
-from training.pretrain_data import PretrainImages, collate_views
+from training.pretrain_data import PretrainImages, pretrain_loader
 from training.settings import build_settings
 
 
@@ -42,15 +41,7 @@ def main() -> None:
     torch.manual_seed(s.seed)
     preset = EvalPreset(input_size=s.input_size)
     data = PretrainImages(read_unlabelled(dataset), s.input_size, augment_for(s), s.cache_mb, Skipped())
-    loader = DataLoader(
-        data,
-        batch_size=s.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=s.num_workers,
-        persistent_workers=s.num_workers > 0,
-        collate_fn=collate_views,
-    )
+    loader = pretrain_loader(data, s.batch_size, s.num_workers)
     model = SimSiam(s, steps_per_epoch=len(loader), global_batch=s.batch_size)
     optimizer = model.configure_optimizers()
     bf16 = s.precision == "bf16-mixed" or (s.precision == "auto" and auto_precision(torch.device("cpu")) != "32-true")

@@ -33,7 +33,7 @@ from training.data import Skipped, read_unlabelled
 from training.demo_data import make_demo_dataset
 from training.device import auto_precision
 from training.model import SimSiam
-from training.pretrain_data import PretrainImages, collate_views
+from training.pretrain_data import PretrainImages, pretrain_loader
 from training.settings import Settings
 
 
@@ -119,15 +119,7 @@ def lightly_reference(train_dir: Path, s: Settings, steps: int, warmup: int) -> 
 def product(dataset: Path, s: Settings, steps: int, warmup: int, precision: str) -> tuple[float, float]:
     """(images/s, MiB of train images cached in memory)."""
     data = PretrainImages(read_unlabelled(dataset), s.input_size, augment_for(s), s.cache_mb, Skipped())
-    loader = DataLoader(
-        data,
-        batch_size=s.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=s.num_workers,
-        persistent_workers=s.num_workers > 0,
-        collate_fn=collate_views,
-    )
+    loader = pretrain_loader(data, s.batch_size, s.num_workers)
     timer = StepTimer(warmup)
     trainer = pl.Trainer(
         accelerator="cpu",

@@ -12,13 +12,14 @@ loader worker (training/augment.py) rather than once per image.
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from handler.eval_preset import ImageDecodeError, decode_image
 from training.augment import SimSiamAugment
@@ -113,3 +114,18 @@ def _to_tensor(im: Image.Image) -> torch.Tensor:
 def collate_views(batch: list[torch.Tensor]) -> list[torch.Tensor]:
     """The batch is already [view0, view1] (built by `__getitems__`); the DataLoader needs a collate_fn anyway."""
     return batch
+
+
+def pretrain_loader(data: PretrainImages, batch_size: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """The pretraining DataLoader (training, and the benches that time or probe it): shuffled, full batches only."""
+    workers = min(num_workers, os.cpu_count() or 1)
+    return DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,  # a last batch of 1 would break BatchNorm; batch <= len(data) keeps >= 1 step
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=pin_memory,
+        collate_fn=collate_views,
+    )

@@ -16,7 +16,6 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
-from torch.utils.data import DataLoader
 
 from export.archive import CLASSES_FILE, MODEL_FILE, PRESET_FILE, build_mar, write_class_names
 from export.torchscript import export_torchscript
@@ -29,7 +28,7 @@ from training.features import run_frozen
 from training.model import SimSiam
 from training.outputs import RunFolder, atomic_write_json, find_resume_checkpoint, round4
 from training.plots import plot_training_curves
-from training.pretrain_data import PretrainImages, collate_views
+from training.pretrain_data import PretrainImages, pretrain_loader
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,17 +115,7 @@ def _train_and_export(
     s = job.settings
     on_gpu = job.device.type == "cuda"
     batch = min(s.batch_size, len(train_set))
-    workers = min(s.num_workers, os.cpu_count() or 1)
-    loader = DataLoader(
-        train_set,
-        batch_size=batch,
-        shuffle=True,
-        drop_last=True,  # a last batch of 1 would break BatchNorm; batch <= len(train_set) keeps >= 1 step
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=on_gpu,
-        collate_fn=collate_views,
-    )
+    loader = pretrain_loader(train_set, batch, s.num_workers, pin_memory=on_gpu)
     world = s.devices * s.num_nodes
     model = SimSiam(s, steps_per_epoch=len(loader) // world or 1, global_batch=batch * world)
     trainer = pl.Trainer(
