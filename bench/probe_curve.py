@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from contextlib import nullcontext
 
@@ -24,7 +23,7 @@ from handler.eval_preset import EvalPreset
 from training.augment import augment_for
 from training.data import Skipped, read_unlabelled
 from training.device import auto_precision
-from training.model import SimSiam
+from training.model import SimSiam, cosine_lr
 from training.pretrain_data import PretrainImages, pretrain_loader
 from training.settings import build_settings
 
@@ -44,7 +43,7 @@ def main() -> None:
     loader = pretrain_loader(data, s.batch_size, s.num_workers)
     model = SimSiam(s, steps_per_epoch=len(loader), global_batch=s.batch_size)
     optimizer = model.configure_optimizers()
-    bf16 = s.precision == "bf16-mixed" or (s.precision == "auto" and auto_precision(torch.device("cpu")) != "32-true")
+    bf16 = (auto_precision(torch.device("cpu")) if s.precision == "auto" else s.precision) == "bf16-mixed"
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
 
     print(f"dataset {dataset}, settings {json.loads(a.settings)}, bf16 {bf16}")
@@ -63,15 +62,11 @@ def main() -> None:
     report(0)
     while step < a.steps:
         for x0, x1 in loader:
-            # The product's schedule (training/model.py): cosine decay of the encoder lr, fixed predictor lr.
-            optimizer.param_groups[0]["lr"] = model.peak_lr * 0.5 * (1 + math.cos(math.pi * step / a.steps))
+            # The product's schedule: cosine decay of the encoder lr over --steps, fixed predictor lr.
+            optimizer.param_groups[0]["lr"] = cosine_lr(model.peak_lr, step / a.steps)
             model.train()
             with autocast:
-                z0, p0, _ = model._encode(x0)
-                z1, p1, _ = model._encode(x1)
-            loss = 0.5 * (
-                model.criterion(p0.float(), z1.detach().float()) + model.criterion(p1.float(), z0.detach().float())
-            )
+                loss, _, _ = model.loss(x0, x1)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
@@ -26,10 +26,11 @@ from bench.accuracy_budget import dataset_root
 from handler.eval_preset import EvalPreset
 from training.backbone import build_backbone
 from training.data import read_labelled
+from training.downstream import make_probe
 from training.features import run_frozen
 
 PROBES = {
-    "standardised, C=1 (product)": lambda: make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000)),
+    "standardised, C=1 (product)": make_probe,
     "standardised, C by CV": lambda: make_pipeline(
         StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, 2, 7), cv=3, max_iter=2000)
     ),

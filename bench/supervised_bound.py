@@ -23,6 +23,7 @@ from bench.accuracy_budget import dataset_root
 from bench.random_init_probe import probe_encoder
 from handler.eval_preset import EvalPreset, load_for_eval
 from training.backbone import build_backbone
+from training.data import read_labelled
 from training.demo_data import make_demo_dataset
 from training.device import cpu_has_native_bf16
 from training.settings import Settings
@@ -43,15 +44,14 @@ def main() -> None:
         labelled = make_demo_dataset(
             Path(tmp), train_per_class=1, valid_per_class=a.per_class, test_per_class=1, seed=1
         )
-        folders = sorted((labelled / "valid" / "images").iterdir())
-        paths = [(q, k) for k, f in enumerate(folders) for q in sorted(f.rglob("*")) if q.is_file()]
+        split = read_labelled(labelled, "valid")
         # Keep the whole resized image (resize_ratio 1); the crops below do the rest.
         whole = EvalPreset(input_size=a.input_size, resize_ratio=1.0)
-        x_all = torch.stack([load_for_eval(q, whole) for q, _ in paths])
-        y_all = torch.tensor([k for _, k in paths])
+        x_all = torch.stack([load_for_eval(q, whole) for q in split.paths])
+        y_all = torch.tensor(split.labels)
 
     encoder, dim = build_backbone(s.backbone, s.small_stem)
-    model = torch.nn.Sequential(encoder, torch.nn.Linear(dim, len(folders)))
+    model = torch.nn.Sequential(encoder, torch.nn.Linear(dim, len(split.classes)))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     augment = v2.Compose(
         [v2.RandomResizedCrop(a.input_size, scale=(0.3, 1.0), antialias=True), v2.RandomHorizontalFlip()]

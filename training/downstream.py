@@ -31,7 +31,8 @@ class ProbeResult:
     head: nn.Linear  # fitted on all of valid; logits = head(features)
 
 
-def _probe() -> object:
+def make_probe() -> object:
+    """The probe: standardised features, multinomial logistic regression (C = 1)."""
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
 
 
@@ -59,13 +60,13 @@ def linear_probe(features: torch.Tensor, labels: list[int], cv_folds: int, knn_k
         for train_idx, test_idx in splitter.split(x, y):
             if len(np.unique(y[train_idx])) < 2:
                 continue  # nothing to fit; those images count as wrong
-            clf = _probe().fit(x[train_idx], y[train_idx])
+            clf = make_probe().fit(x[train_idx], y[train_idx])
             correct += int((clf.predict(x[test_idx]) == y[test_idx]).sum())
             k = min(knn_k, len(train_idx))
             knn = KNeighborsClassifier(n_neighbors=k, metric="cosine", weights="distance")
             knn.fit(x[train_idx], y[train_idx])
             knn_correct += int((knn.predict(x[test_idx]) == y[test_idx]).sum())
-        final = _probe().fit(x, y)
+        final = make_probe().fit(x, y)
     head = _fold_into_linear(final, n_classes)
     # The folded head must reproduce scikit-learn's scores exactly (up to float32 rounding).
     ref = final.decision_function(x)

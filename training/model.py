@@ -30,6 +30,11 @@ def effective_rank(f: torch.Tensor) -> float:
     return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
 
 
+def cosine_lr(peak_lr: float, progress: float) -> float:
+    """Cosine decay from peak_lr at progress 0 to 0 at progress >= 1 (paper Sec. 4)."""
+    return peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
 class SimSiam(pl.LightningModule):
     def __init__(self, settings: Settings, steps_per_epoch: int, global_batch: int) -> None:
         super().__init__()
@@ -59,11 +64,15 @@ class SimSiam(pl.LightningModule):
         p = self.prediction_head(z)  # Nxd
         return z, p, f
 
-    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x0, x1 = batch
+    def loss(self, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(symmetrised loss, z of view 0, backbone features of view 0) for two views of one batch."""
         z0, p0, f0 = self._encode(x0)
         z1, p1, _ = self._encode(x1)
-        loss = 0.5 * (self.criterion(p0, z1.detach()) + self.criterion(p1, z0.detach()))
+        return 0.5 * (self.criterion(p0, z1.detach()) + self.criterion(p1, z0.detach())), z0, f0
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x0, x1 = batch
+        loss, z0, f0 = self.loss(x0, x1)
         self._z_std.append(float(std_of_l2_normalized(z0.detach().float())))
         if batch_idx == 0:
             # z can look healthy while the backbone features (what the probe and the served model use) collapse
@@ -89,8 +98,7 @@ class SimSiam(pl.LightningModule):
         progress = self.global_step / self.total_steps
         if self.settings.time_budget_s > 0:
             progress = max(progress, (time.monotonic() - self._fit_start) / self.settings.time_budget_s)
-        lr = self.peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        self.optimizers().param_groups[0]["lr"] = lr
+        self.optimizers().param_groups[0]["lr"] = cosine_lr(self.peak_lr, progress)
 
     def on_train_epoch_end(self) -> None:
         z_std = sum(self._z_std) / max(1, len(self._z_std))
