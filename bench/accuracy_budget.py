@@ -42,9 +42,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def dataset_root(name: str) -> Path:
     if name == "demo":
-        from training.demo_data import make_demo_dataset
+        from training.demo_data import VERSION, make_demo_dataset
 
-        root = Path(tempfile.gettempdir()) / "simsiam_bench_demo"
+        root = Path(tempfile.gettempdir()) / f"simsiam_bench_demo_v{VERSION}"
         return root if (root / "train").is_dir() else make_demo_dataset(root)
     if name == "photo":
         from bench.photo_data import make_photo_dataset

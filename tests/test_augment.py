@@ -98,3 +98,10 @@ def test_grey_probability_and_strength_follow_the_settings():
     torch.manual_seed(1)
     out = aug.augment(x) * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     assert torch.allclose(out[:, 0], out[:, 1], atol=1e-5) and torch.allclose(out[:, 1], out[:, 2], atol=1e-5)
+
+
+def test_blur_sigmas_follow_the_input_size_from_the_papers_224_px():
+    assert augment_for(Settings(input_size=224)).blur_sigmas == (0.1, 2.0)
+    lo, hi = augment_for(Settings(input_size=64)).blur_sigmas
+    assert abs(lo - 0.1 * 64 / 224) < 1e-9 and abs(hi - 2.0 * 64 / 224) < 1e-9
+    assert augment_for(Settings(input_size=32)).blur_prob == 0.0  # the CIFAR recipe: no blur at all

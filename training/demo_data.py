@@ -1,12 +1,13 @@
 """Make the demo dataset: procedurally drawn shapes and textures in the SPEC.md layout.
 
-    python -m training.demo_data runs/demo_dataset --train-per-class 100
+    python -m training.demo_data runs/demo_dataset --train-per-class 500
 
 Six classes that differ in shape and texture, never in colour (patterns fill the image, so every crop
-shows its class): every image draws its foreground and
-background colours from the same distribution, so the mean colour says nothing about the class and a
-model must learn shapes. Images come at mixed resolutions and formats (JPEG, PNG, BMP, WebP, TIFF;
-RGB, grey, RGBA), and train/images has nested folders, as users' folders do.
+shows its class): every shape, stripe, ring and cell has its own random colour on a near-grey background,
+so colour says nothing about the class, nor about which image a crop came from, and a model must learn
+shapes. The unlabelled train split is 5x the labelled valid split, as in the product's use. Images come
+at mixed resolutions and formats (JPEG, PNG, BMP, WebP, TIFF; RGB, grey, RGBA), and train/images has nested
+folders, as users' folders do.
 """
 
 from __future__ import annotations
@@ -19,59 +20,81 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
 
-Draw = Callable[[ImageDraw.ImageDraw, int, random.Random, tuple, tuple], None]
+Draw = Callable[[ImageDraw.ImageDraw, int, random.Random, "Palette"], None]
 
 
 def _scattered(sides: int) -> Draw:
-    """Many small shapes of one kind over the whole image (sides 0 = discs), so every crop shows some."""
+    """Many shapes of one kind over the whole image (sides 0 = discs), so every crop shows some."""
 
-    def draw(d: ImageDraw.ImageDraw, s: int, r: random.Random, fg: tuple, bg: tuple) -> None:
-        size = r.uniform(0.05, 0.1) * s
-        for _ in range(int(r.uniform(0.5, 1.0) * (s / size) ** 2 / 4)):
-            rad = size * r.uniform(0.7, 1.3)
+    def draw(d: ImageDraw.ImageDraw, s: int, r: random.Random, bg: Palette) -> None:
+        size = r.uniform(0.07, 0.11) * s
+        for _ in range(int(r.uniform(0.6, 1.0) * (s / size) ** 2 / 5)):
+            rad = size * r.uniform(0.8, 1.2)
             x, y, rot = r.uniform(0, s), r.uniform(0, s), r.uniform(0, 2 * math.pi)
-            colour = _near(fg, r)
             if sides == 0:
-                d.ellipse([x - rad, y - rad, x + rad, y + rad], fill=colour)
+                d.ellipse([x - rad, y - rad, x + rad, y + rad], fill=bg.ink(r))
             else:
                 step = 2 * math.pi / sides
                 d.polygon(
                     [(x + rad * math.cos(rot + k * step), y + rad * math.sin(rot + k * step)) for k in range(sides)],
-                    fill=colour,
+                    fill=bg.ink(r),
                 )
 
     return draw
 
 
-def _stripes(d: ImageDraw.ImageDraw, s: int, r: random.Random, fg: tuple, bg: tuple) -> None:
-    period, angle = r.uniform(0.08, 0.2) * s, r.uniform(0, math.pi)
+def _stripes(d: ImageDraw.ImageDraw, s: int, r: random.Random, bg: Palette) -> None:
+    period, angle = r.uniform(0.1, 0.16) * s, r.uniform(0, math.pi)
     dx, dy = math.cos(angle), math.sin(angle)
     width = max(1, int(period / 2))
     for k in range(-int(2 * s / period), int(2 * s / period)):
         cx, cy = s / 2 + k * period * -dy, s / 2 + k * period * dx
-        d.line([(cx - 2 * s * dx, cy - 2 * s * dy), (cx + 2 * s * dx, cy + 2 * s * dy)], fill=_near(fg, r), width=width)
+        d.line([(cx - 2 * s * dx, cy - 2 * s * dy), (cx + 2 * s * dx, cy + 2 * s * dy)], fill=bg.ink(r), width=width)
 
 
-def _checkers(d: ImageDraw.ImageDraw, s: int, r: random.Random, fg: tuple, bg: tuple) -> None:
-    n = r.randint(4, 9)
+def _checkers(d: ImageDraw.ImageDraw, s: int, r: random.Random, bg: Palette) -> None:
+    n = r.randint(4, 7)
     cell = s / n
     for i in range(n):
         for j in range(n):
             if (i + j) % 2 == 0:
-                d.rectangle([i * cell, j * cell, (i + 1) * cell, (j + 1) * cell], fill=_near(fg, r))
+                d.rectangle([i * cell, j * cell, (i + 1) * cell, (j + 1) * cell], fill=bg.ink(r))
 
 
-def _rings(d: ImageDraw.ImageDraw, s: int, r: random.Random, fg: tuple, bg: tuple) -> None:
+def _rings(d: ImageDraw.ImageDraw, s: int, r: random.Random, bg: Palette) -> None:
     x, y = r.uniform(0.2, 0.8) * s, r.uniform(0.2, 0.8) * s
-    step = r.uniform(0.06, 0.12) * s
+    step = r.uniform(0.08, 0.12) * s
     for k in range(1, int(1.5 * s / step)):
         rad = k * step
-        d.ellipse([x - rad, y - rad, x + rad, y + rad], outline=_near(fg, r), width=max(1, int(step / 2.5)))
+        d.ellipse([x - rad, y - rad, x + rad, y + rad], outline=bg.ink(r), width=max(1, int(step / 2.5)))
 
 
-def _near(colour: tuple, r: random.Random, spread: int = 40) -> tuple[int, int, int]:
-    """A colour close to `colour`: shapes in one image vary a little, as real objects do."""
-    return tuple(max(0, min(255, c + r.randint(-spread, spread))) for c in colour)
+def _colour(r: random.Random) -> tuple[int, int, int]:
+    return tuple(r.randint(0, 255) for _ in range(3))
+
+
+class Palette:
+    """An image's colours. The background is a near-grey gradient; every shape gets its own random colour that
+    stands out from it. So colour varies inside an image as much as between images: two crops of one image share
+    its shapes, not its colours, and SimSiam cannot agree on colour instead of shape. (With one foreground and one
+    background colour per image, the views agreed on those and the probe stayed at random init's level: see
+    docs/benchmarks.md, "The demo generator".)"""
+
+    def __init__(self, r: random.Random) -> None:
+        g = r.randint(96, 160)
+        self.a, self.b = (g, g, g), tuple(g + r.randint(-30, 30) for _ in range(3))
+
+    def ink(self, r: random.Random) -> tuple[int, int, int]:
+        for _ in range(100):
+            c = _colour(r)
+            if min(sum(abs(x - y) for x, y in zip(c, end)) for end in (self.a, self.b)) >= 120:
+                return c
+        return (0, 0, 0) if self.a[0] > 127 else (255, 255, 255)  # not reached in practice
+
+    def image(self, size: int, angle: float) -> Image.Image:
+        ramp = Image.linear_gradient("L").rotate(math.degrees(angle), resample=Image.Resampling.BILINEAR)
+        mask = ramp.resize((size, size))
+        return Image.composite(Image.new("RGB", (size, size), self.b), Image.new("RGB", (size, size), self.a), mask)
 
 
 CLASSES: dict[str, Draw] = {
@@ -82,29 +105,16 @@ CLASSES: dict[str, Draw] = {
     "stripes": _stripes,
     "triangles": _scattered(3),
 }
+VERSION = 2  # bumped when the drawing changes, so cached copies (bench/) are redrawn
 FORMATS = [("jpg", "JPEG"), ("png", "PNG"), ("jpeg", "JPEG"), ("bmp", "BMP"), ("webp", "WEBP"), ("tiff", "TIFF")]
-
-
-def _colour(r: random.Random) -> tuple[int, int, int]:
-    return tuple(r.randint(0, 255) for _ in range(3))
-
-
-def _gradient(size: int, a: tuple, b: tuple, angle: float) -> Image.Image:
-    """A linear gradient from colour a to b: crops of one image differ in colour, so colour alone cannot tell
-    two views of the same image apart from others -- the texture has to."""
-    ramp = Image.linear_gradient("L").rotate(math.degrees(angle), resample=Image.Resampling.BILINEAR, expand=False)
-    mask = ramp.resize((size, size))
-    return Image.composite(Image.new("RGB", (size, size), b), Image.new("RGB", (size, size), a), mask)
 
 
 def draw_image(cls: str, r: random.Random, min_side: int, max_side: int) -> Image.Image:
     s = r.randint(min_side, max_side)
-    fg, bg = _colour(r), _colour(r)
-    while sum(abs(a - b) for a, b in zip(fg, bg)) < 150:  # keep the shape visible
-        fg = _colour(r)
+    bg = Palette(r)
     # Draw 2x larger and downsample: anti-aliased edges, like photographs.
-    im = _gradient(2 * s, bg, _near(bg, r, 80), r.uniform(0, 2 * math.pi))
-    CLASSES[cls](ImageDraw.Draw(im), 2 * s, r, fg, bg)
+    im = bg.image(2 * s, r.uniform(0, 2 * math.pi))
+    CLASSES[cls](ImageDraw.Draw(im), 2 * s, r, bg)
     im = im.resize((s, int(s * r.uniform(0.75, 1.33))), Image.Resampling.LANCZOS)
     if r.random() < 0.3:
         im = im.filter(ImageFilter.GaussianBlur(r.uniform(0.3, 1.2)))
@@ -126,9 +136,9 @@ def save_image(im: Image.Image, path_stem: Path, r: random.Random) -> Path:
 
 def make_demo_dataset(
     root: Path,
-    train_per_class: int = 100,
-    valid_per_class: int = 25,
-    test_per_class: int = 15,
+    train_per_class: int = 500,
+    valid_per_class: int = 100,
+    test_per_class: int = 25,
     min_side: int = 48,
     max_side: int = 256,
     seed: int = 0,
@@ -157,9 +167,9 @@ def make_demo_dataset(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", type=Path, help="output folder (created)")
-    p.add_argument("--train-per-class", type=int, default=100, help="unlabelled train images per class (default 100)")
-    p.add_argument("--valid-per-class", type=int, default=25, help="default 25")
-    p.add_argument("--test-per-class", type=int, default=15, help="default 15")
+    p.add_argument("--train-per-class", type=int, default=500, help="unlabelled train images per class (default 500)")
+    p.add_argument("--valid-per-class", type=int, default=100, help="default 100")
+    p.add_argument("--test-per-class", type=int, default=25, help="default 25")
     p.add_argument("--min-side", type=int, default=48, help="smallest image side in px (default 48)")
     p.add_argument("--max-side", type=int, default=256, help="largest image side in px (default 256)")
     p.add_argument("--seed", type=int, default=0)
