@@ -22,7 +22,7 @@ from bench.random_init_probe import probe_encoder
 from handler.eval_preset import EvalPreset
 from training.augment import augment_for
 from training.data import Skipped, read_unlabelled
-from training.device import auto_precision
+from training.device import resolve_precision
 from training.model import SimSiam, cosine_lr
 from training.pretrain_data import PretrainImages, pretrain_loader
 from training.settings import build_settings
@@ -43,7 +43,7 @@ def main() -> None:
     loader = pretrain_loader(data, s.batch_size, s.num_workers)
     model = SimSiam(s, steps_per_epoch=len(loader), global_batch=s.batch_size)
     optimizer = model.configure_optimizers()
-    bf16 = (auto_precision(torch.device("cpu")) if s.precision == "auto" else s.precision) == "bf16-mixed"
+    bf16 = resolve_precision(s.precision, torch.device("cpu")) == "bf16-mixed"
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
 
     print(f"dataset {dataset}, settings {json.loads(a.settings)}, bf16 {bf16}")

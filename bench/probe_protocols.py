@@ -28,6 +28,7 @@ from training.backbone import build_backbone
 from training.data import read_labelled
 from training.downstream import make_probe
 from training.features import run_frozen
+from training.settings import Settings
 
 PROBES = {
     "standardised, C=1 (product)": make_probe,
@@ -48,10 +49,11 @@ def main() -> None:
     a = p.parse_args()
     dataset = dataset_root(a.dataset)
     valid = read_labelled(dataset, "valid")
+    s = Settings(input_size=a.input_size)
     encoders: dict[str, torch.nn.Module] = {}
     for seed in range(3):
         torch.manual_seed(seed)
-        encoders[f"random init, seed {seed}"] = build_backbone("resnet18", a.input_size < 64)[0]
+        encoders[f"random init, seed {seed}"] = build_backbone(s.backbone, s.small_stem)[0]
     for m in a.model_path:
         encoders[f"model {m.name[:8]}"] = torch.jit.load(str(m / "model.pt"), map_location="cpu").encoder
     folds = StratifiedKFold(5, shuffle=True, random_state=0)

@@ -39,3 +39,8 @@ def auto_precision(device: torch.device) -> str:
     if device.type == "cuda":
         return "16-mixed"
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The settings' `precision` as Lightning takes it: "auto" picks by device, anything else is kept."""
+    return auto_precision(device) if precision == "auto" else precision

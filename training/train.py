@@ -22,7 +22,7 @@ from export.torchscript import export_torchscript
 from handler.eval_preset import EvalPreset
 from training.augment import augment_for
 from training.data import DatasetError, LabelledSplit, Skipped, decode_all, read_labelled, read_unlabelled
-from training.device import auto_precision
+from training.device import resolve_precision
 from training.downstream import linear_probe
 from training.features import run_frozen
 from training.model import SimSiam
@@ -126,7 +126,7 @@ def _train_and_export(
         # SimSiam's BN statistics must span all devices; torch's SyncBatchNorm exists for CUDA only, so CPU
         # (gloo) DDP keeps per-process BN -- fine for tests, not a way to train at scale.
         sync_batchnorm=s.strategy.startswith("ddp") and on_gpu,
-        precision=auto_precision(job.device) if s.precision == "auto" else s.precision,
+        precision=resolve_precision(s.precision, job.device),
         max_epochs=s.epochs,
         max_time=timedelta(seconds=s.time_budget_s) if s.time_budget_s > 0 else None,
         logger=CSVLogger(save_dir=str(work), name="logs", version=""),
