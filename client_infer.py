@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from training.cli import add_device, add_model_folder, setup_logging
@@ -61,11 +64,14 @@ def _raise_stop(signum: int, frame) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
-async def _serve(app, host: str, port: int, ts) -> int:
-    """Run the proxy until a signal (uvicorn drains open requests first) or until TorchServe dies (exit code 1)."""
+async def _serve(app, host: str, port: int, ts, start_timeout: float, on_ready: Callable[[], None]) -> int:
+    """Listen at once and answer 503 while TorchServe loads the model (SPEC: "503 while the model is not ready"),
+    then proxy until a signal (uvicorn drains open requests first) or until TorchServe dies (exit code 1).
+    A model that cannot load raises TorchServeError after the proxy has stopped."""
     import uvicorn
 
     from serving.timeouts import DeadlineH11Protocol
+    from serving.torchserve_process import TorchServeCancelled
 
     # log_config=None: uvicorn's lines go through this process's logging format (with timestamps)
     # DeadlineH11Protocol: a connection that sends no complete request head within 10 s is closed (slowloris)
@@ -79,14 +85,36 @@ async def _serve(app, host: str, port: int, ts) -> int:
         server_header=False,
     )
     server = uvicorn.Server(config)
+    stopping = threading.Event()  # ends the start-up wait whichever way _serve leaves
+    app.state.loading = "TorchServe is loading it"
     task = asyncio.create_task(server.serve())
+    loading = asyncio.create_task(
+        asyncio.to_thread(ts.wait_ready, start_timeout, lambda: stopping.is_set() or server.should_exit)
+    )
     died = False
-    while not task.done():
-        await asyncio.wait({task}, timeout=0.5)
-        if not died and ts.poll() is not None:
-            log.error("TorchServe exited unexpectedly; stopping the service. Its last lines:\n%s", ts.tail())
-            died = server.should_exit = True
-    await task  # uvicorn re-raises the signal it caught: _Stop comes out here
+    failed: BaseException | None = None
+    try:
+        while not task.done():
+            await asyncio.wait({task, loading} if app.state.loading else {task}, timeout=0.5)
+            if app.state.loading and loading.done():
+                failed = loading.exception()
+                if failed is None:
+                    app.state.loading = None
+                    on_ready()
+                elif not isinstance(failed, TorchServeCancelled):
+                    server.should_exit = True  # the model cannot load: stop listening, report below
+                else:
+                    failed = None
+            elif not app.state.loading and not died and ts.poll() is not None:
+                log.error("TorchServe exited unexpectedly; stopping the service. Its last lines:\n%s", ts.tail())
+                died = server.should_exit = True
+        await task  # uvicorn re-raises the signal it caught: _Stop comes out here
+    finally:
+        stopping.set()
+        with contextlib.suppress(BaseException):
+            await loading
+    if failed is not None:
+        raise failed
     return 1 if died else 0
 
 
@@ -122,27 +150,31 @@ def main(args: argparse.Namespace) -> int:
         gpu_index=gpu_index,
         torch_threads=torch_threads(model_dir / f"{args.used_model}.mar"),
         always_free_ports=os.environ.get("SIMSIAM_TS_PORTS") == "free",  # tests: never collide with a live server
+        reserved_ports=frozenset({args.service_port}),  # free now, bound by the proxy once TorchServe runs
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _raise_stop)
     try:
         ts.start()
-        ts.wait_ready(float(os.environ.get("SIMSIAM_TS_START_TIMEOUT", "300")))
         cfg = ts.config
-        log.info(
-            "model %s ready on %s (%d torch threads per worker); API: http://%s:%d/autotable/predict; "
-            "TorchServe (loopback only): inference %s, management %s, metrics %s/metrics",
-            args.used_model,
-            device,
-            ts.torch_threads,
-            args.host,
-            args.service_port,
-            cfg.inference_url,
-            cfg.management_url,
-            cfg.metrics_url,
-        )
+
+        def on_ready() -> None:
+            log.info(
+                "model %s ready on %s (%d torch threads per worker); API: http://%s:%d/autotable/predict; "
+                "TorchServe (loopback only): inference %s, management %s, metrics %s/metrics",
+                args.used_model,
+                device,
+                ts.torch_threads,
+                args.host,
+                args.service_port,
+                cfg.inference_url,
+                cfg.management_url,
+                cfg.metrics_url,
+            )
+
         app = create_app(cfg.inference_url, cfg.management_url, args.used_model)
-        return asyncio.run(_serve(app, args.host, args.service_port, ts))
+        start_timeout = float(os.environ.get("SIMSIAM_TS_START_TIMEOUT", "300"))
+        return asyncio.run(_serve(app, args.host, args.service_port, ts, start_timeout, on_ready))
     except _Stop as e:
         log.info("%s: stopping", e)
         return 0

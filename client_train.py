@@ -12,9 +12,13 @@ import argparse
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 from training.cli import add_device, add_runs_dir, job_failure, setup_logging
+
+# trial.txt's `total` is the whole run: torch and Lightning are imported later, inside main().
+STARTED = time.monotonic()
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -76,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         device = resolve_device(args.device)
-        trial = run(TrainJob(dataset, device, args.trial_name, settings, Path(args.runs_dir)))
+        trial = run(TrainJob(dataset, device, args.trial_name, settings, Path(args.runs_dir), STARTED))
     except (DatasetError, OutputError, FileNotFoundError, ValueError) as e:
         log.error("%s", e)
         return 2

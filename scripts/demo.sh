@@ -9,6 +9,7 @@ bash scripts/setup.sh
 PY=.venv/bin/python
 DATA=${DEMO_DATASET:-runs/demo_dataset}
 DEVICE=${DEVICE:-cpu}
+RUNS=${SIMSIAM_RUNS_DIR:-runs}  # where client_train.py and client_test.py write (training/outputs.py)
 # Sized for 2 CPU cores and ~3 minutes of pretraining; on a GPU use the defaults (see README).
 # Strong hue jitter and grey: the demo's colours are random, so colour must not be what the views agree on.
 # min_scale 0.5: the demo's patterns are a few pixels at 64 px; 0.2-crops upsampled 2-3x changed their scale too
@@ -20,8 +21,8 @@ if [ ! -d "$DATA/train/images" ]; then
 fi
 
 "$PY" client_train.py --dataset_path "$DATA" --device "$DEVICE" --trial_name demo --annotation_data "$SETTINGS"
-MODEL=$("$PY" -c "import json; print(json.load(open('runs/metric/trial.txt'))['model_path'])")
-cp runs/metric/trial.txt runs/metric/trial_train.txt
+MODEL=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['model_path'])" "$RUNS/metric/trial.txt")
+cp "$RUNS/metric/trial.txt" "$RUNS/metric/trial_train.txt"
 # What pretraining is worth: the same probe on a randomly initialised encoder of the same architecture.
 "$PY" -m bench.random_init_probe --dataset_path "$DATA" --model_path "$MODEL"
 

@@ -74,13 +74,18 @@ def create_app(inference_url: str, management_url: str, model_name: str, max_bod
         # wrong path should get the 404 envelope naming the right one.
         redirect_slashes=False,
     )
+    # While client_infer.py waits for TorchServe to load the model, the API already listens and answers 503 with
+    # this reason (SPEC: "503 while the model is not ready") instead of refusing connections.
+    app.state.loading = None
     app.add_middleware(BodyLimitMiddleware, max_body=max_body)
     app.add_middleware(BodyDeadlineMiddleware)  # a body trickled in slower than it allows gets 408
 
     @app.post("/autotable/predict", response_model=Envelope, responses=_ERRORS, openapi_extra=_REQUEST_BODY)
     async def predict(request: Request) -> JSONResponse:
         """Classify one image (`content` a base64 string) or several (a list: one result per image, in order)."""
-        req = await read_predict_request(request, max_body)
+        req = await read_predict_request(request, max_body)  # a bad request is a 400 even while loading
+        if request.app.state.loading:
+            raise ApiError(503, f"the model is not ready: {request.app.state.loading}; retry shortly")
         ts: TorchServeClient = request.app.state.ts
         # All images at once: TorchServe's batching (batchSize 8, maxBatchDelay 10 ms) runs them together.
         results = await asyncio.gather(*(ts.predict(image) for image in req.images), return_exceptions=True)
@@ -96,6 +101,8 @@ def create_app(inference_url: str, management_url: str, model_name: str, max_bod
     @app.get("/health", response_model=Envelope, responses={503: _ERRORS[503]})
     async def health(request: Request) -> JSONResponse:
         """200 while the model's default version has a ready worker, else 503 (for load balancers)."""
+        if request.app.state.loading:
+            return envelope(503, f"the model is not ready: {request.app.state.loading}")
         ready, info = await request.app.state.ts.ready()
         return envelope(200, "ok", [info]) if ready else envelope(503, str(info))
 

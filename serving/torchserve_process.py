@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 
 class TorchServeError(RuntimeError):
     """TorchServe could not start, lost the model, or exited; the message quotes its log."""
+
+
+class TorchServeCancelled(TorchServeError):
+    """wait_ready was told to stop: the service is shutting down, nothing failed."""
 
 
 def probe_image() -> bytes:
@@ -75,12 +80,14 @@ class TorchServeProcess:
         torch_threads: int,
         always_free_ports: bool = False,
         echo: bool = True,
+        reserved_ports: frozenset[int] = frozenset(),
     ) -> None:
         self.mar = (model_dir / f"{model_name}.mar").resolve()
         self.model_name = model_name
         self.gpu_index = gpu_index
         self.torch_threads = torch_threads
         self.always_free_ports = always_free_ports
+        self.reserved_ports = reserved_ports
         self.echo = echo
         self.run_dir: Path | None = None
         self.config: TorchServeConfig | None = None
@@ -105,7 +112,11 @@ class TorchServeProcess:
         # A link, not a copy: the model folder stays untouched and versions registered later land in this store.
         (store / self.mar.name).symlink_to(self.mar)
         self.config = write_run_config(
-            self.run_dir, store, num_gpus=0 if self.gpu_index is None else 1, always_free_ports=self.always_free_ports
+            self.run_dir,
+            store,
+            num_gpus=0 if self.gpu_index is None else 1,
+            always_free_ports=self.always_free_ports,
+            reserved=self.reserved_ports,
         )
         env = dict(os.environ)
         env.pop("TS_CONFIG_FILE", None)  # it would override --ts-config
@@ -170,8 +181,11 @@ class TorchServeProcess:
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
-    def wait_ready(self, timeout: float = 300.0) -> None:
-        """Block until a worker is READY and a real prediction succeeds; TorchServeError if it cannot happen."""
+    def wait_ready(self, timeout: float = 300.0, cancelled: Callable[[], bool] = lambda: False) -> None:
+        """Block until a worker is READY and a real prediction succeeds; TorchServeError if it cannot happen.
+
+        `cancelled`: polled twice a second; True stops the wait with TorchServeCancelled (the service is stopping).
+        """
         assert self.config is not None
         describe = f"{self.config.management_url}/models/{self.model_name}"
         predict = f"{self.config.inference_url}/predictions/{self.model_name}"
@@ -179,6 +193,8 @@ class TorchServeProcess:
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=10.0) as http:
             while True:
+                if cancelled():
+                    raise TorchServeCancelled("stopped while the model was loading")
                 if (rc := self.poll()) is not None:
                     raise TorchServeError(f"TorchServe exited with code {rc} during start-up:\n{self.tail()}")
                 if len(self._load_failures) >= 2:  # twice: not a passing hiccup

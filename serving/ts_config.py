@@ -63,11 +63,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def write_run_config(
-    run_dir: Path, model_store: Path, num_gpus: int, always_free_ports: bool = False, source: Path = DEFAULT_CONFIG
+    run_dir: Path,
+    model_store: Path,
+    num_gpus: int,
+    always_free_ports: bool = False,
+    source: Path = DEFAULT_CONFIG,
+    reserved: frozenset[int] = frozenset(),
 ) -> TorchServeConfig:
-    """Write `run_dir/config.properties` from `source`; a taken port (or every port, if asked) becomes a free one."""
+    """Write `run_dir/config.properties` from `source`; a taken port (or every port, if asked) becomes a free one.
+
+    `reserved`: ports TorchServe must leave alone although they are free now (the proxy's, bound after it starts).
+    """
     props = read_properties(source)
-    taken: set[int] = set()
+    taken: set[int] = set(reserved)
 
     def pick(host: str, port: int) -> int:
         if always_free_ports or port in taken or not port_is_free(host, port):

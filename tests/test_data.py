@@ -81,6 +81,16 @@ def test_test_split_marks_unknown_classes(messy):
     assert [p.parent.name for p in unknown] == ["rose"]
 
 
+def test_loose_files_and_empty_class_folders_are_named_in_warnings(messy, caplog):
+    _save(messy / "valid" / "images" / "stray.jpg")
+    (messy / "valid" / "images" / "rose").mkdir()
+    with caplog.at_level(logging.WARNING):
+        valid = read_labelled(messy, "valid")
+    assert valid.classes == sorted(["雏菊", "tulip"]) and len(valid.paths) == 6
+    assert "stray.jpg" in caplog.text and "no class folder" in caplog.text
+    assert "['rose']" in caplog.text and "not classes" in caplog.text
+
+
 def test_fewer_than_two_classes_is_a_clear_error(tmp_path):
     _save(tmp_path / "valid" / "images" / "only" / "a.png")
     (tmp_path / "valid" / "images" / "empty").mkdir()

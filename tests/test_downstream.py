@@ -35,6 +35,10 @@ def test_accuracy_is_held_out_not_on_fitted_images():
     fitted_acc = (r.head(x).argmax(1).numpy() == np.array(y)).mean()
     assert fitted_acc == 1.0  # the exported head is fitted on all of valid
     assert r.acc < 0.6  # the reported metric is not
+    # The per-image held-out predictions (the model folder's confusion matrix) are what the accuracy counts.
+    assert len(r.held_out) == 60 and set(r.held_out) <= {0, 1, 2}
+    assert r.acc == np.mean(np.array(r.held_out) == np.array(y))
+    assert (np.array(r.held_out) != r.head(x).argmax(1).numpy()).any()
 
 
 def test_one_image_per_class_is_a_clear_error():

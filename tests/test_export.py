@@ -4,6 +4,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -33,6 +34,7 @@ def test_trained_model_folder_and_mar_contents(trained_model):
         "model_info.json",
         "model-config.yaml",
         "training_curves.png",
+        "valid_confusion_matrix.png",
         "logs/metrics.csv",
         f"{name}.mar",
     ):
@@ -48,3 +50,10 @@ def test_trained_model_folder_and_mar_contents(trained_model):
     assert preset["input_size"] == 32
     scripted = torch.jit.load(str(folder / "model.pt"))
     assert scripted(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+    # The valid confusion matrix is the held-out one behind metric_value: its diagonal share is that accuracy.
+    metrics = json.loads((folder / "model_info.json").read_text())["metrics"]
+    cm = metrics["confusion_matrix"]
+    matrix = np.array(cm["matrix"])
+    assert cm["labels"] == json.loads((folder / "model_info.json").read_text())["classes"]
+    assert matrix.shape == (3, 3) and matrix.sum() > 0
+    assert round(np.trace(matrix) / matrix.sum(), 4) == metrics["acc"] == trained_model["metric_value"]

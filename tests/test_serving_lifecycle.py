@@ -1,4 +1,5 @@
-"""client_infer.py's life cycle: a wrong model folder, SIGTERM leaving nothing behind, TorchServe dying."""
+"""client_infer.py's life cycle: a wrong model folder, 503 while loading, SIGTERM leaving nothing behind, TorchServe
+dying."""
 
 from __future__ import annotations
 
@@ -111,7 +112,42 @@ def test_model_that_cannot_load_fails_fast(trained_model, tmp_path):
     build_mar(folder, name)
     svc = start_service({"model_path": str(folder), "gened_model_name": name}, tmp_path / "log", wait=False)
     try:
+        first = _first_answer(svc, "/health")
         assert svc.proc.wait(120) == 1
     finally:
         svc.stop()
     assert "cannot be loaded" in svc.output() and "Failed to load model" in svc.output()
+    # The API listened while TorchServe tried: 503 in the envelope, not a refused connection.
+    assert first.status_code == 503 and first.json()["code"] == 503 and "not ready" in first.json()["msg"], first.text
+
+
+def test_api_answers_503_while_the_model_loads_then_200(trained_model, tmp_path):
+    """SPEC: "503 while the model is not ready": the port answers from the start, before TorchServe has loaded."""
+    svc = start_service(trained_model, tmp_path / "client_infer.log", wait=False)
+    try:
+        first = _first_answer(svc, "/autotable/predict", json={"content": b64(image_bytes())})
+        assert first.status_code == 503, first.text
+        assert first.json() == {"code": 503, "msg": first.json()["msg"], "data": []}
+        assert "not ready" in first.json()["msg"] and "retry" in first.json()["msg"]
+        deadline = time.monotonic() + 180
+        while requests.get(f"{svc.url}/health", timeout=5).status_code != 200:
+            assert svc.proc.poll() is None and time.monotonic() < deadline, svc.output()[-3000:]
+            time.sleep(0.5)
+        r = requests.post(f"{svc.url}/autotable/predict", json={"content": b64(image_bytes())}, timeout=60)
+        assert r.status_code == 200 and r.json()["data"][0]["infer_data"][0], r.text
+        assert svc.output().index("Uvicorn running") < svc.output().index("ready on cpu")
+    finally:
+        svc.stop()
+
+
+def _first_answer(svc, path: str, **kw) -> requests.Response:
+    """The first HTTP answer on `path` once the proxy listens (GET without a body, POST with one)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if kw:
+                return requests.post(f"{svc.url}{path}", timeout=10, **kw)
+            return requests.get(f"{svc.url}{path}", timeout=10)
+        except requests.ConnectionError:
+            assert svc.proc.poll() is None and time.monotonic() < deadline, svc.output()[-3000:]
+            time.sleep(0.05)

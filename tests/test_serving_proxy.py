@@ -85,6 +85,22 @@ def test_run_config_moves_taken_ports(tmp_path):
     assert port_is_free("127.0.0.1", port)
 
 
+def test_run_config_leaves_the_proxys_port_to_the_proxy(tmp_path):
+    """--service_port 8085 is free when TorchServe starts, but the proxy binds it after: TorchServe must not take it."""
+    from serving.ts_config import free_port
+
+    wanted = free_port()
+    source = tmp_path / "source.properties"
+    lines = [f"inference_address=http://127.0.0.1:{wanted}", "management_address=http://127.0.0.1:0"]
+    lines += ["metrics_address=http://127.0.0.1:0", "grpc_inference_port=0", "grpc_management_port=0"]
+    source.write_text("\n".join(lines))
+    cfg = write_run_config(tmp_path, tmp_path / "store", num_gpus=0, source=source, reserved=frozenset({wanted}))
+    props = read_properties(cfg.path)
+    used = [int(v.rsplit(":", 1)[1]) for k, v in props.items() if k.endswith("_address") and "://" in v]
+    used += [int(props[k]) for k in ("grpc_inference_port", "grpc_management_port")]
+    assert wanted not in used, props
+
+
 def test_project_config_is_loopback_only_and_deliberate():
     from serving.ts_config import DEFAULT_CONFIG
 
@@ -115,6 +131,19 @@ def test_proxy_without_torchserve_answers_in_the_envelope():
         (call(app, "POST", "/autotable/predict", content=b"x" * (2**20 + 1)), 413, "1 MiB limit"),
         (call(app, "PUT", "/autotable/predict"), 405, "use POST"),
         (call(app, "GET", "/models"), 404, "no route"),
+    ]
+    for r, code, words in cases:
+        assert r.status_code == code and r.json()["code"] == code and r.json()["data"] == [], r.text
+        assert words in r.json()["msg"], r.text
+
+
+def test_while_the_model_loads_the_api_answers_503_and_still_checks_requests():
+    app = create_app("http://127.0.0.1:9", "http://127.0.0.1:9", "SimSiam_x", max_body=2**20)
+    app.state.loading = "TorchServe is loading it"
+    cases = [
+        (call(app, "GET", "/health"), 503, "not ready: TorchServe is loading it"),
+        (call(app, "POST", "/autotable/predict", json={"content": b64(JPEG)}), 503, "retry shortly"),
+        (call(app, "POST", "/autotable/predict", json={"content": "!"}), 400, "not base64"),
     ]
     for r, code, words in cases:
         assert r.status_code == code and r.json()["code"] == code and r.json()["data"] == [], r.text

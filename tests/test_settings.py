@@ -36,7 +36,9 @@ def test_unknown_key_lists_the_valid_keys():
     ("settings", "fragment"),
     [
         ({"epochs": 0}, "epochs=0"),
-        ({"epochs": "10"}, "wrong type"),
+        ({"epochs": "ten"}, "wrong type"),
+        ({"epochs": "2.5"}, "wrong type"),
+        ({"lr": "inf"}, "wrong type"),
         ({"epochs": True}, "wrong type"),
         ({"batch_size": 1}, "BatchNorm"),
         ({"lr": -1}, "lr=-1"),
@@ -50,6 +52,33 @@ def test_bad_values_name_key_value_and_fix(settings, fragment):
     with pytest.raises(SettingsError) as e:
         parse_annotation_data(json.dumps({"advance_settings": settings}))
     assert fragment in str(e.value)
+    assert "Valid keys: epochs, batch_size" in str(e.value)
+
+
+def test_numeric_strings_from_form_fields_are_numbers():
+    s = parse_annotation_data("{'advance_settings': {'epochs': '10', 'lr': ' 0.1', 'weight_decay': '1e-4'}}")
+    assert (s.epochs, s.lr, s.weight_decay) == (10, 0.1, 1e-4) and isinstance(s.epochs, int)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("{'advance_setting': {'epochs': 5}}", "did you mean 'advance_settings'"),
+        ("{'Advance_Settings': {'epochs': 5}}", "did you mean 'advance_settings'"),
+        ("{'epochs': 5}", "must go inside advance_settings"),
+        ("{'advance_settings': {}, 'lr': 0.1}", "must go inside advance_settings"),
+    ],
+)
+def test_settings_outside_advance_settings_are_an_error_not_lost(text, fragment):
+    with pytest.raises(SettingsError) as e:
+        parse_annotation_data(text)
+    assert fragment in str(e.value)
+
+
+def test_platform_fields_beside_advance_settings_are_ignored_with_a_warning(caplog):
+    s = parse_annotation_data("{'advance_settings': {'epochs': 2}, 'task_id': 'abc'}")
+    assert s.epochs == 2
+    assert "task_id" in caplog.text and "ignored" in caplog.text
 
 
 @pytest.mark.parametrize("text", ["not a dict", "[1, 2]", "{'advance_settings': [1]}", "{'advance_settings': "])

@@ -1,4 +1,5 @@
-"""Confusion-matrix picture for client_test.py: rows are true classes, columns predicted classes."""
+"""Confusion-matrix picture (client_test.py on test; client_train.py on valid's held-out folds): rows are true
+classes, columns predicted classes."""
 
 from __future__ import annotations
 
@@ -17,7 +18,12 @@ CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanY
 
 
 def plot_confusion_matrix(
-    matrix: list[list[int]], labels: list[str], accuracy: float, out: Path, unknown: list[str] = ()
+    matrix: list[list[int]],
+    labels: list[str],
+    accuracy: float,
+    out: Path,
+    unknown: list[str] = (),
+    title: str = "Test confusion matrix",
 ) -> None:
     """Write a PNG of the KxK count matrix; colour is the row share (recall) so small classes stay visible.
 
@@ -42,7 +48,7 @@ def plot_confusion_matrix(
                 for j in range(n):
                     colour = "white" if share[i, j] > 0.5 else "black"
                     ax.text(j, i, str(m[i, j]), ha="center", va="center", color=colour, fontsize=8)
-        ax.set(xlabel="predicted class", ylabel="true class", title=f"Test confusion matrix (accuracy {accuracy:.4f})")
+        ax.set(xlabel="predicted class", ylabel="true class", title=f"{title} (accuracy {accuracy:.4f})")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
         fig.tight_layout()
         fig.savefig(out, dpi=100)

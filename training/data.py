@@ -83,7 +83,9 @@ def _is(check: Callable[[], bool]) -> bool:
 def check_split(dataset: Path, split: str) -> Path:
     images = dataset / split / "images"
     if not images.is_dir():
-        raise DatasetError(f"{images} does not exist: the dataset needs {split}/images/ (see SPEC.md 'Dataset layout')")
+        raise DatasetError(
+            f"{images} does not exist: the dataset needs {split}/images/ (see docs/SPEC.md, 'Dataset layout')"
+        )
     return images
 
 
@@ -105,6 +107,16 @@ def read_labelled(dataset: Path, split: str, classes: list[str] | None = None) -
     the classes; otherwise (test) folders not in `classes` get label -1 (unknown to the model)."""
     images = check_split(dataset, split)
     folders = sorted(d.name for d in images.iterdir() if d.is_dir() and not d.name.startswith("."))
+    loose = [f.name for f in images.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and _is(f.is_file)]
+    if loose:
+        log.warning(
+            "%d image file(s) directly in %s (e.g. %s) have no class folder and are not used; move them into "
+            "%s/<class name>/",
+            len(loose),
+            images,
+            sorted(loose)[0],
+            images,
+        )
     if classes is None:
         for c in folders:
             if not _is_utf8(c):
@@ -114,6 +126,8 @@ def read_labelled(dataset: Path, split: str, classes: list[str] | None = None) -
                     "(the folder name is the class name the model answers with)"
                 )
         classes = [c for c in folders if list_images(images / c)]
+        if empty := sorted(set(folders) - set(classes)):
+            log.warning("folder(s) %s in %s hold no image files and are not classes", empty, images)
         if len(classes) < 2:
             raise DatasetError(
                 f"{images} has {len(classes)} class folder(s) with images ({classes}); a classifier needs at "

@@ -29,6 +29,7 @@ class ProbeResult:
     knn_acc: float  # held-out cosine kNN accuracy (same folds)
     folds: int
     head: nn.Linear  # fitted on all of valid; logits = head(features)
+    held_out: list[int]  # each image's class from the fold that did not see it; -1 where no head could be fitted
 
 
 def make_probe() -> object:
@@ -53,7 +54,8 @@ def linear_probe(features: torch.Tensor, labels: list[int], cv_folds: int, knn_k
     y = np.asarray(labels)
     n_classes = int(y.max()) + 1
     splitter = _folds(y, cv_folds)
-    correct = knn_correct = 0
+    knn_correct = 0
+    held_out = np.full(len(y), -1)
     with warnings.catch_warnings():
         # A class missing from a training fold, or a slow-converging tiny fold, is expected on small valid sets.
         warnings.simplefilter("ignore", (ConvergenceWarning, UserWarning))
@@ -61,7 +63,7 @@ def linear_probe(features: torch.Tensor, labels: list[int], cv_folds: int, knn_k
             if len(np.unique(y[train_idx])) < 2:
                 continue  # nothing to fit; those images count as wrong
             clf = make_probe().fit(x[train_idx], y[train_idx])
-            correct += int((clf.predict(x[test_idx]) == y[test_idx]).sum())
+            held_out[test_idx] = clf.predict(x[test_idx])
             k = min(knn_k, len(train_idx))
             knn = KNeighborsClassifier(n_neighbors=k, metric="cosine", weights="distance")
             knn.fit(x[train_idx], y[train_idx])
@@ -76,7 +78,8 @@ def linear_probe(features: torch.Tensor, labels: list[int], cv_folds: int, knn_k
     assert np.allclose(got - got.mean(1, keepdims=True), ref - ref.mean(1, keepdims=True), atol=1e-3), (
         "folded linear head disagrees with the fitted probe"
     )
-    return ProbeResult(correct / len(y), knn_correct / len(y), splitter.get_n_splits(), head)
+    acc = float((held_out == y).mean())
+    return ProbeResult(acc, knn_correct / len(y), splitter.get_n_splits(), head, held_out.tolist())
 
 
 def _fold_into_linear(pipe, n_classes: int) -> nn.Linear:

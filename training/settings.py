@@ -7,7 +7,9 @@ value is a SettingsError whose message lists the valid keys, before anything is 
 from __future__ import annotations
 
 import ast
+import difflib
 import json
+import logging
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -15,6 +17,8 @@ BACKBONES = ("resnet18", "resnet34", "resnet50")
 STEMS = ("auto", "cifar", "imagenet")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
+
+log = logging.getLogger(__name__)
 
 
 class SettingsError(ValueError):
@@ -109,12 +113,29 @@ def parse_annotation_data(text: str) -> Settings:
             ) from e
     if not isinstance(data, dict):
         raise SettingsError(f"--annotation_data must be a dict, got {type(data).__name__}")
+    _check_top_level(data)
     advance = data.get("advance_settings", {})
     if advance is None:
         advance = {}
     if not isinstance(advance, dict):
         raise SettingsError(f"advance_settings must be a dict, got {type(advance).__name__}")
     return build_settings(advance)
+
+
+def _check_top_level(data: dict[str, Any]) -> None:
+    """Settings go under advance_settings; a setting or a misspelt advance_settings beside it would be lost."""
+    others = [k for k in data if k != "advance_settings"]
+    misplaced = [k for k in others if k in _CHECKS]
+    if misplaced:
+        raise SettingsError(
+            f"{misplaced} must go inside advance_settings, e.g. \"{{'advance_settings': {{'{misplaced[0]}': ...}}}}\""
+        )
+    near = [k for k in others if isinstance(k, str) and difflib.get_close_matches(k, ["advance_settings"], cutoff=0.8)]
+    if near:
+        raise SettingsError(f"unknown key(s) {near} in --annotation_data: did you mean 'advance_settings'?")
+    if others:
+        # A platform may send fields of its own here; they do not configure training.
+        log.warning("--annotation_data keys %s are not settings and are ignored", others)
 
 
 def build_settings(overrides: dict[str, Any]) -> Settings:
@@ -126,14 +147,24 @@ def build_settings(overrides: dict[str, Any]) -> Settings:
         typ, ok, what = _CHECKS[key]
         values[key] = _coerce(key, value, typ, what)
         if not ok(values[key]):
-            raise SettingsError(f"advance_settings {key}={value!r} is invalid: it must be {what}")
+            raise SettingsError(f"advance_settings {key}={value!r} is invalid: it must be {what}. {_valid_key_names()}")
     return Settings(**values)
 
 
+def _valid_key_names() -> str:
+    return f"Valid keys: {', '.join(_CHECKS)}"
+
+
 def _coerce(key: str, value: Any, typ: type, what: str) -> Any:
-    bad = SettingsError(f"advance_settings {key}={value!r} has the wrong type: it must be {what}")
+    bad = SettingsError(f"advance_settings {key}={value!r} has the wrong type: it must be {what}. {_valid_key_names()}")
     if isinstance(value, bool):
         raise bad  # True is an int in Python; never what a user means by epochs=True
+    if typ in (int, float) and isinstance(value, str):
+        # Platforms that fill the dict from form fields send "10" for 10.
+        try:
+            value = float(value.strip()) if typ is float else int(value.strip())
+        except ValueError:
+            raise bad from None
     if typ is int:
         if isinstance(value, float) and value.is_integer():
             return int(value)
@@ -141,8 +172,8 @@ def _coerce(key: str, value: Any, typ: type, what: str) -> Any:
             raise bad
         return value
     if typ is float:
-        if not isinstance(value, (int, float)) or value != value:  # NaN
-            raise bad
+        if not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+            raise bad  # NaN and infinity
         return float(value)
     if not isinstance(value, str):
         raise bad

@@ -16,11 +16,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
+from sklearn.metrics import confusion_matrix
 
 from export.archive import CLASSES_FILE, MODEL_FILE, PRESET_FILE, build_mar, write_class_names
 from export.torchscript import export_torchscript
 from handler.eval_preset import EvalPreset
 from training.augment import augment_for
+from training.confusion_plot import plot_confusion_matrix
 from training.data import DatasetError, LabelledSplit, Skipped, decode_all, read_labelled, read_unlabelled
 from training.device import resolve_precision
 from training.downstream import linear_probe
@@ -42,6 +44,7 @@ class TrainJob:
     trial_name: str
     settings: Settings
     runs_dir: Path
+    started: float | None = None  # time.monotonic() when the process started: `total` counts the imports too
 
     @property
     def model_name(self) -> str:
@@ -50,7 +53,7 @@ class TrainJob:
 
 def run(job: TrainJob) -> dict:
     """Run the whole job; returns the trial dict written to runs/metric/trial.txt."""
-    t0 = time.monotonic()
+    t0 = job.started if job.started is not None else time.monotonic()
     pl.seed_everything(job.settings.seed, workers=True)
     if global_rank(job.settings) != 0:
         # DDP workers (torchrun, SLURM, Lightning's launcher) train but write nothing: rank 0 owns the outputs.
@@ -85,6 +88,8 @@ def prepare_data(job: TrainJob) -> tuple[PretrainImages, LabelledSplit, EvalPres
     valid.labels = [valid.labels[i] for i in keep]
     if len(set(valid.labels)) < 2:
         raise DatasetError(f"{valid.root} has fewer than 2 classes with readable images")
+    if unreadable := [c for i, c in enumerate(valid.classes) if i not in set(valid.labels)]:
+        log.warning("class(es) %s have no readable image in %s and are left out of the model", unreadable, valid.root)
     valid.classes = [valid.classes[c] for c in sorted(set(valid.labels))]
     relabel = {old: new for new, old in enumerate(sorted(set(valid.labels)))}
     valid.labels = [relabel[y] for y in valid.labels]
@@ -173,7 +178,12 @@ def _train_and_export(
     atomic_write_json(out / "settings.json", s.to_dict())
     build_mar(out, job.model_name)
     plot_training_curves(out / "logs" / "metrics.csv", s.proj_dim, out / "training_curves.png")
-    total = time.monotonic() - t0
+    # Which classes the features confuse, from the held-out folds behind metric_value (not the exported head,
+    # which has seen every valid image).
+    matrix = confusion_matrix(labels, probe.held_out, labels=list(range(len(valid.classes)))).tolist()
+    plot_confusion_matrix(
+        matrix, valid.classes, probe.acc, out / "valid_confusion_matrix.png", title="Valid confusion matrix, held out"
+    )
     atomic_write_json(
         out / "model_info.json",
         {
@@ -182,7 +192,12 @@ def _train_and_export(
             "backbone": s.backbone,
             "input_size": s.input_size,
             "classes": valid.classes,
-            "metrics": {"acc": round4(probe.acc), "knn_acc": round4(probe.knn_acc), "cv_folds": probe.folds},
+            "metrics": {
+                "acc": round4(probe.acc),
+                "knn_acc": round4(probe.knn_acc),
+                "cv_folds": probe.folds,
+                "confusion_matrix": {"labels": valid.classes, "matrix": matrix},
+            },
             "pretraining": {
                 "steps": trainer.global_step,
                 "epochs": trainer.current_epoch,
@@ -195,6 +210,7 @@ def _train_and_export(
     final = run_dir.commit()
     if resume and resume.parent.parent.name.startswith(".interrupted-"):
         shutil.rmtree(resume.parent.parent, ignore_errors=True)  # consumed: the finished model supersedes it
+    total = time.monotonic() - t0
     trial = {
         "recom_model": MODEL_NAME,
         "gened_model_name": job.model_name,
