@@ -25,6 +25,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_IMAGE_PIXELS = 64_000_000
 # Truncated files must fail, not be silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# The SPEC's formats (MPO: the multi-picture JPEG of many cameras), whatever the file is named. PIL identifies dozens
+# more; some decode through external programs (EPS runs Ghostscript). The proxy refuses the same set before
+# forwarding (serving/payload.py keeps its own copy: it must not import torch), so training, client_test.py and
+# the server read the same files.
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF"})
 
 
 class ImageDecodeError(ValueError):
@@ -94,6 +99,11 @@ def decode_image(data: bytes | str | Path, min_side: int | None = None) -> Image
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as im:
+                if im.format not in ALLOWED_FORMATS:
+                    raise ImageDecodeError(
+                        f"the file is in the {im.format} format, which is not read here; "
+                        "save it as jpg, png, bmp, webp or tif"
+                    )
                 w, h = im.size
                 if w * h > MAX_IMAGE_PIXELS:
                     raise ImageDecodeError(

@@ -91,6 +91,20 @@ def test_loose_files_and_empty_class_folders_are_named_in_warnings(messy, caplog
     assert "['rose']" in caplog.text and "not classes" in caplog.text
 
 
+def test_formats_the_server_refuses_are_skipped_offline_too(tmp_path):
+    """A GIF named .png: the proxy answers 400, so training and client_test.py skip it instead of scoring it."""
+    from handler.eval_preset import ALLOWED_FORMATS
+    from serving.payload import ALLOWED_FORMATS as PROXY_FORMATS
+
+    assert ALLOWED_FORMATS == PROXY_FORMATS
+    gif = _save(tmp_path / "animated.png", "RGB", fmt="GIF")
+    with pytest.raises(ImageDecodeError, match="GIF format"):
+        decode_image(gif)
+    skipped = Skipped()
+    assert decode_all([gif, _save(tmp_path / "real.png")], 32, skipped)[0] is None
+    assert [Path(p).name for p, _ in skipped.items] == ["animated.png"]
+
+
 def test_fewer_than_two_classes_is_a_clear_error(tmp_path):
     _save(tmp_path / "valid" / "images" / "only" / "a.png")
     (tmp_path / "valid" / "images" / "empty").mkdir()
