@@ -93,10 +93,12 @@ async def _serve(app, host: str, port: int, ts, start_timeout: float, on_ready: 
     )
     died = False
     failed: BaseException | None = None
+    waiting = {task, loading}  # loading leaves once it has ended, so a stop never spins on a finished task
     try:
         while not task.done():
-            await asyncio.wait({task, loading} if app.state.loading else {task}, timeout=0.5)
-            if app.state.loading and loading.done():
+            await asyncio.wait(waiting, timeout=0.5)
+            if loading in waiting and loading.done():
+                waiting = {task}
                 failed = loading.exception()
                 if failed is None:
                     app.state.loading = None

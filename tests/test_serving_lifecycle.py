@@ -140,6 +140,24 @@ def test_api_answers_503_while_the_model_loads_then_200(trained_model, tmp_path)
         svc.stop()
 
 
+def test_sigterm_while_the_model_loads_stops_everything(trained_model, tmp_path):
+    import signal
+
+    svc = start_service(trained_model, tmp_path / "client_infer.log", wait=False)
+    try:
+        assert _first_answer(svc, "/health").status_code == 503
+        family = svc.snapshot()
+        assert "java" in {p.name() for p in family}
+        t0 = time.monotonic()
+        svc.proc.send_signal(signal.SIGTERM)
+        assert svc.proc.wait(30) == 0, svc.output()[-3000:]
+        stopped_s = time.monotonic() - t0
+    finally:
+        svc.stop()
+    assert not _gone(family) and stopped_s < 30
+    assert "SIGTERM: stopping" in svc.output() and "ready on" not in svc.output()
+
+
 def _first_answer(svc, path: str, **kw) -> requests.Response:
     """The first HTTP answer on `path` once the proxy listens (GET without a body, POST with one)."""
     deadline = time.monotonic() + 60
