@@ -99,14 +99,12 @@ async def _serve(app, host: str, port: int, ts, start_timeout: float, on_ready: 
             await asyncio.wait(waiting, timeout=0.5)
             if loading in waiting and loading.done():
                 waiting = {task}
-                failed = loading.exception()
-                if failed is None:
+                if (error := loading.exception()) is None:
                     app.state.loading = None
                     on_ready()
-                elif not isinstance(failed, TorchServeCancelled):
-                    server.should_exit = True  # the model cannot load: stop listening, report below
-                else:
-                    failed = None
+                elif not isinstance(error, TorchServeCancelled):  # cancelled: a signal is already stopping us
+                    failed = error  # the model cannot load: stop listening, report it below
+                    server.should_exit = True
             elif not app.state.loading and not died and ts.poll() is not None:
                 log.error("TorchServe exited unexpectedly; stopping the service. Its last lines:\n%s", ts.tail())
                 died = server.should_exit = True

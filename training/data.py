@@ -106,8 +106,9 @@ def read_labelled(dataset: Path, split: str, classes: list[str] | None = None) -
     """List `<split>/images/<class>/**`. With `classes=None` (valid) the sorted sub-folders define
     the classes; otherwise (test) folders not in `classes` get label -1 (unknown to the model)."""
     images = check_split(dataset, split)
-    folders = sorted(d.name for d in images.iterdir() if d.is_dir() and not d.name.startswith("."))
-    loose = [f.name for f in images.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and _is(f.is_file)]
+    entries = [e for e in images.iterdir() if not e.name.startswith(".")]
+    folders = sorted(e.name for e in entries if e.is_dir())
+    loose = [e.name for e in entries if e.suffix.lower() in IMAGE_SUFFIXES and _is(e.is_file)]
     if loose:
         log.warning(
             "%d image file(s) directly in %s (e.g. %s) have no class folder and are not used; move them into "

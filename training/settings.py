@@ -10,6 +10,7 @@ import ast
 import difflib
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -92,6 +93,7 @@ _CHECKS: dict[str, tuple[type, Any, str]] = {
     "precision": (str, lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
 }
 assert set(_CHECKS) == {f.name for f in fields(Settings)}, "every setting needs a check"
+VALID_KEY_NAMES = f"Valid keys: {', '.join(_CHECKS)}"  # appended to every bad-value message
 
 
 def valid_keys_help() -> str:
@@ -147,16 +149,12 @@ def build_settings(overrides: dict[str, Any]) -> Settings:
         typ, ok, what = _CHECKS[key]
         values[key] = _coerce(key, value, typ, what)
         if not ok(values[key]):
-            raise SettingsError(f"advance_settings {key}={value!r} is invalid: it must be {what}. {_valid_key_names()}")
+            raise SettingsError(f"advance_settings {key}={value!r} is invalid: it must be {what}. {VALID_KEY_NAMES}")
     return Settings(**values)
 
 
-def _valid_key_names() -> str:
-    return f"Valid keys: {', '.join(_CHECKS)}"
-
-
 def _coerce(key: str, value: Any, typ: type, what: str) -> Any:
-    bad = SettingsError(f"advance_settings {key}={value!r} has the wrong type: it must be {what}. {_valid_key_names()}")
+    bad = SettingsError(f"advance_settings {key}={value!r} has the wrong type: it must be {what}. {VALID_KEY_NAMES}")
     if isinstance(value, bool):
         raise bad  # True is an int in Python; never what a user means by epochs=True
     if typ in (int, float) and isinstance(value, str):
@@ -172,7 +170,7 @@ def _coerce(key: str, value: Any, typ: type, what: str) -> Any:
             raise bad
         return value
     if typ is float:
-        if not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise bad  # NaN and infinity
         return float(value)
     if not isinstance(value, str):

@@ -88,10 +88,11 @@ def prepare_data(job: TrainJob) -> tuple[PretrainImages, LabelledSplit, EvalPres
     valid.labels = [valid.labels[i] for i in keep]
     if len(set(valid.labels)) < 2:
         raise DatasetError(f"{valid.root} has fewer than 2 classes with readable images")
-    if unreadable := [c for i, c in enumerate(valid.classes) if i not in set(valid.labels)]:
+    present = sorted(set(valid.labels))
+    if unreadable := [c for i, c in enumerate(valid.classes) if i not in present]:
         log.warning("class(es) %s have no readable image in %s and are left out of the model", unreadable, valid.root)
-    valid.classes = [valid.classes[c] for c in sorted(set(valid.labels))]
-    relabel = {old: new for new, old in enumerate(sorted(set(valid.labels)))}
+    valid.classes = [valid.classes[c] for c in present]
+    relabel = {old: new for new, old in enumerate(present)}
     valid.labels = [relabel[y] for y in valid.labels]
 
     train_set = PretrainImages(read_unlabelled(job.dataset), s.input_size, augment_for(s), s.cache_mb, skipped, threads)
