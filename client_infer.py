@@ -20,9 +20,8 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
-from training.cli import add_device, add_model_folder, setup_logging
+from jobs.cli import add_device, add_model_folder, setup_logging
 
 log = logging.getLogger("client_infer")
 
@@ -40,21 +39,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def torch_threads(mar: Path) -> int:
-    """Torch threads per worker: the cores shared by the workers TorchServe starts, so they don't oversubscribe."""
-    from serving.torchserve_process import mar_model_config
-
-    if os.environ.get("SIMSIAM_TORCH_THREADS"):
-        return max(1, int(os.environ["SIMSIAM_TORCH_THREADS"]))
-    workers = max(1, int(mar_model_config(mar).get("minWorkers", 1) or 1))
-    return max(1, len(os.sched_getaffinity(0)) // workers)
-
-
 def resolve(name: str) -> tuple[str, int | None]:
     """(device, GPU index or None); "cuda" without a GPU falls back to CPU with a warning."""
     if name.strip().lower() == "cpu":
         return "cpu", None  # no torch import: the proxy process stays small and starts fast
-    from training.device import resolve_device
+    from jobs.device import resolve_device
 
     device = resolve_device(name)
     return str(device), (device.index or 0) if device.type == "cuda" else None
@@ -121,7 +110,7 @@ async def _serve(app, host: str, port: int, ts, start_timeout: float, on_ready: 
 def main(args: argparse.Namespace) -> int:
     setup_logging()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request would drown the log
-    from training.model_folder import ModelFolderError, open_model_folder
+    from export.model_folder import ModelFolderError, open_model_folder
 
     try:
         model_dir = open_model_folder(args.model_path, args.used_model).path
@@ -141,14 +130,15 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         log.error("%s", e)
         return 2
+    from handler.worker_threads import torch_threads
     from serving.app import create_app
-    from serving.torchserve_process import TorchServeError, TorchServeProcess
+    from serving.torchserve_process import TorchServeError, TorchServeProcess, mar_model_config
 
     ts = TorchServeProcess(
         model_dir,
         args.used_model,
         gpu_index=gpu_index,
-        torch_threads=torch_threads(model_dir / f"{args.used_model}.mar"),
+        torch_threads=torch_threads(mar_model_config(model_dir / f"{args.used_model}.mar")),
         always_free_ports=os.environ.get("SIMSIAM_TS_PORTS") == "free",  # tests: never collide with a live server
         reserved_ports=frozenset({args.service_port}),  # free now, bound by the proxy once TorchServe runs
     )

@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from training.cli import add_device, add_model_folder, add_runs_dir, job_failure, setup_logging
+from jobs.cli import add_device, add_model_folder, add_runs_dir, job_failure, setup_logging
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -35,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
     setup_logging()
     log = logging.getLogger("client_test")
     # Refuse a wrong folder or dataset before importing torch or touching the disk.
-    from training.model_folder import ModelFolderError, open_model_folder
+    from export.model_folder import ModelFolderError, open_model_folder
 
     dataset = Path(args.dataset_path)
     if not dataset.is_dir():
@@ -47,10 +47,10 @@ def main(args: argparse.Namespace) -> int:
         log.error("%s", e)
         return 2
 
-    from training.data import DatasetError
-    from training.device import resolve_device
-    from training.evaluate import TestJob, format_summary, run
-    from training.outputs import OutputError
+    from dataset.reader import DatasetError
+    from evaluation.scoring import TestJob, format_summary, run
+    from jobs.device import resolve_device
+    from jobs.outputs import OutputError
 
     try:
         device = resolve_device(args.device)

@@ -1,4 +1,4 @@
-"""Train SimSiam on DATASET/train/images, prove it on DATASET/valid, export a TorchServe .mar.
+"""Train SimSiam on DATASET/train/images, refine it on DATASET/valid's labels, export a TorchServe .mar.
 
     python client_train.py --dataset_path runs/demo_dataset --device cpu \
         --annotation_data "{'advance_settings': {'epochs': 10, 'input_size': 64}}"
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from training.cli import add_device, add_runs_dir, job_failure, setup_logging
+from jobs.cli import add_device, add_runs_dir, job_failure, setup_logging
 
 # trial.txt's `total` is the whole run: torch and Lightning are imported later, inside main().
 STARTED = time.monotonic()
@@ -70,9 +70,9 @@ def main(args: argparse.Namespace) -> int:
         log.error("--dataset_path %s is not a folder; point it at a dataset with train/, valid/, test/", dataset)
         return 2
 
-    from training.data import DatasetError
-    from training.device import resolve_device
-    from training.outputs import OutputError
+    from dataset.reader import DatasetError
+    from jobs.device import resolve_device
+    from jobs.outputs import OutputError
     from training.train import TrainJob, run
 
     # A platform stops jobs with SIGTERM: unwind like Ctrl-C so the staging folder is removed and trial.txt
@@ -88,7 +88,8 @@ def main(args: argparse.Namespace) -> int:
         return job_failure(e, Path(args.runs_dir), "model folder", log)
     if not trial:
         return 0  # a DDP worker: rank 0 reports
-    print(f"\nvalid accuracy (held-out linear probe): {trial['metric_value']:.4f}")
+    how = "linear probe" if settings.refine == "probe" else "fine-tuned encoder + head"
+    print(f"\nvalid accuracy (held out, {how}): {trial['metric_value']:.4f}")
     print(f"model folder: {trial['model_path']}")
     print(f"trial file:   {Path(args.runs_dir).resolve() / 'metric' / 'trial.txt'}")
     return 0

@@ -10,7 +10,7 @@
   decay, a LightlyDataset + DataLoader + hand loop -- trained for the same number of seconds.
 - random init: the product's encoder freshly initialised (mean of --seeds).
 Every encoder is scored by the same thing: the eval preset, frozen features of `valid`, and the stratified
-k-fold linear probe of training/downstream.py (held-out accuracy) plus its cosine kNN.
+k-fold linear probe of evaluation/probe.py (held-out accuracy) plus its cosine kNN.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def dataset_root(name: str) -> Path:
     if name == "demo":
-        from training.demo_data import VERSION, make_demo_dataset
+        from dataset.demo import VERSION, make_demo_dataset
 
         root = Path(tempfile.gettempdir()) / f"simsiam_bench_demo_v{VERSION}"
         return root if (root / "train").is_dir() else make_demo_dataset(root)

@@ -19,10 +19,10 @@ import torch
 
 from bench.accuracy_budget import dataset_root
 from bench.random_init_probe import probe_encoder
+from dataset.reader import Skipped, read_unlabelled
 from handler.eval_preset import EvalPreset
+from jobs.device import resolve_precision
 from training.augment import augment_for
-from training.data import Skipped, read_unlabelled
-from training.device import resolve_precision
 from training.model import SimSiam, cosine_lr
 from training.pretrain_data import PretrainImages, pretrain_loader
 from training.settings import build_settings

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.probe_protocols --dataset photo --model_path runs/models/<uuid>
 
 Rows: random-init encoders (3 seeds) and the given model folders. Columns: the product's probe (standardised
-features, logistic regression C=1; training/downstream.py), the same with C chosen by inner 3-fold CV, and
+features, logistic regression C=1; evaluation/probe.py), the same with C chosen by inner 3-fold CV, and
 L2-normalised features (the cosine geometry SimSiam trains and the kNN uses) with C by inner CV, as the
 low-shot SVM protocol of Goyal et al. (2019) normalises features. All: the same 5 stratified folds of `valid`.
 """
@@ -23,11 +23,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
 from bench.accuracy_budget import dataset_root
+from dataset.reader import read_labelled
+from evaluation.features import run_frozen
+from evaluation.probe import make_probe
 from handler.eval_preset import EvalPreset
 from training.backbone import build_backbone
-from training.data import read_labelled
-from training.downstream import make_probe
-from training.features import run_frozen
 from training.settings import Settings
 
 PROBES = {

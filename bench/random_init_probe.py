@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
+from dataset.reader import read_labelled
+from evaluation.features import run_frozen
+from evaluation.probe import linear_probe
 from handler.eval_preset import EvalPreset
 from training.backbone import build_backbone
-from training.data import read_labelled
-from training.downstream import linear_probe
-from training.features import run_frozen
 from training.settings import build_settings
 
 

@@ -10,7 +10,7 @@ closed-loop clients sending one 224x224 JPEG each for `--duration` s (at most `-
 It prints requests/s, p50/p95/p99, every failure with its status, the requests in flight at the kill, the
 recovery time and the RSS of the proxy, the Java frontend and the workers at start and end. Exit code 0 when
 only requests in flight at the kill failed, each with a 503 envelope, and memory grew less than 10 %.
-The building blocks are reused by tests/test_faults.py and tests/test_load.py.
+The building blocks are reused by tests/serving/test_faults.py and tests/serving/test_load.py.
 """
 
 from __future__ import annotations

@@ -21,11 +21,11 @@ from torchvision.transforms import v2
 
 from bench.accuracy_budget import dataset_root
 from bench.random_init_probe import probe_encoder
+from dataset.demo import make_demo_dataset
+from dataset.reader import read_labelled
 from handler.eval_preset import EvalPreset, load_for_eval
+from jobs.device import cpu_has_native_bf16
 from training.backbone import build_backbone
-from training.data import read_labelled
-from training.demo_data import make_demo_dataset
-from training.device import cpu_has_native_bf16
 from training.settings import Settings
 
 

@@ -28,10 +28,10 @@ from lightly.transforms import SimSiamTransform
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dataset.demo import make_demo_dataset
+from dataset.reader import Skipped, read_unlabelled
+from jobs.device import auto_precision
 from training.augment import augment_for
-from training.data import Skipped, read_unlabelled
-from training.demo_data import make_demo_dataset
-from training.device import auto_precision
 from training.model import SimSiam
 from training.pretrain_data import PretrainImages, pretrain_loader
 from training.settings import Settings

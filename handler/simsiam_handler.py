@@ -16,10 +16,12 @@ import os
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-try:  # inside the .mar the preset sits flat beside this file
+try:  # inside the .mar the helpers sit flat beside this file
     from eval_preset import EvalPreset, ImageDecodeError, load_for_eval
+    from worker_threads import torch_threads
 except ImportError:  # in the repository (tests, client_test.py)
     from handler.eval_preset import EvalPreset, ImageDecodeError, load_for_eval
+    from handler.worker_threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ class SimSiamHandler(BaseHandler):
         self.preset = EvalPreset.load(os.path.join(model_dir, "preprocess.json"))
         self.classes = [self.mapping[str(i)] for i in range(len(self.mapping))]
         if self.device.type == "cpu":
-            torch.set_num_threads(self._threads(getattr(context, "model_yaml_config", None) or {}))
+            torch.set_num_threads(torch_threads(getattr(context, "model_yaml_config", None) or {}))
         log.info(
             "SimSiam handler ready: %d classes, input %d, %d threads",
             len(self.classes),
@@ -39,17 +41,8 @@ class SimSiamHandler(BaseHandler):
             torch.get_num_threads(),
         )
 
-    @staticmethod
-    def _threads(config: dict) -> int:
-        # TorchServe sets no thread count: N workers x all cores each would oversubscribe the CPU.
-        env = os.environ.get("SIMSIAM_TORCH_THREADS")
-        if env:
-            return max(1, int(env))
-        configured = int(config.get("handler", {}).get("threads", 0) or 0)
-        if configured > 0:
-            return configured
-        return max(1, (os.cpu_count() or 1) // max(1, int(config.get("minWorkers", 1))))
-
+    # BaseHandler.handle runs preprocess -> inference -> postprocess and records HandlerTime; a request's decode
+    # error travels beside the batch as (batch, errors) so that one bad image fails only its own row.
     def preprocess(self, data: list[dict]) -> tuple[torch.Tensor | None, list[str | None]]:
         tensors, errors = [], []
         for row in data:
@@ -61,13 +54,17 @@ class SimSiamHandler(BaseHandler):
         batch = torch.stack(tensors) if tensors else None
         return batch, errors
 
-    def inference(self, batch: torch.Tensor | None, *args, **kwargs) -> torch.Tensor | None:
+    def inference(
+        self, data: tuple[torch.Tensor | None, list[str | None]], *args, **kwargs
+    ) -> tuple[torch.Tensor | None, list[str | None]]:
+        batch, errors = data
         if batch is None:
-            return None
+            return None, errors
         with torch.inference_mode():
-            return torch.softmax(self.model(batch.to(self.device)).float(), dim=1).cpu()
+            return torch.softmax(self.model(batch.to(self.device)).float(), dim=1).cpu(), errors
 
-    def postprocess(self, probs: torch.Tensor | None, errors: list[str | None]) -> list[dict]:
+    def postprocess(self, data: tuple[torch.Tensor | None, list[str | None]]) -> list[dict]:
+        probs, errors = data
         out, j = [], 0
         for i, err in enumerate(errors):
             if err is not None:
@@ -85,11 +82,6 @@ class SimSiamHandler(BaseHandler):
         # An envelope (KServe) may pack several instances into one request: then the error stays in its row.
         with contextlib.suppress(IndexError, TypeError):
             self.context.set_response_status(400, err, idx=i)
-
-    def handle(self, data: list[dict], context) -> list[dict]:
-        self.context = context
-        batch, errors = self.preprocess(data)
-        return self.postprocess(self.inference(batch), errors)
 
 
 def _payload(row: dict) -> bytes:

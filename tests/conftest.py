@@ -26,12 +26,13 @@ TINY_SETTINGS = {
     "pred_hidden_dim": 16,
     "cv_folds": 2,
     "cache_mb": 64,
+    "refine_epochs": 2,
 }
 
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.demo_data import make_demo_dataset
+    from dataset.demo import make_demo_dataset
 
     root = tmp_path_factory.mktemp("tiny_dataset")
     return make_demo_dataset(

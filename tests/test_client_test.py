@@ -189,6 +189,6 @@ def test_test_split_without_a_readable_image(trained_model: dict, tmp_path: Path
 
 
 def _images(dataset: Path) -> list[Path]:
-    from training.data import list_images
+    from dataset.reader import list_images
 
     return list_images(dataset / "test" / "images")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import fields
 
 import pytorch_lightning as pl
 import torch
@@ -36,9 +37,17 @@ def cosine_lr(peak_lr: float, progress: float) -> float:
 
 
 class SimSiam(pl.LightningModule):
-    def __init__(self, settings: Settings, steps_per_epoch: int, global_batch: int) -> None:
+    def __init__(self, settings: Settings | dict, steps_per_epoch: int = 1, global_batch: int | None = None) -> None:
+        """settings: Settings, or its dict as saved in a checkpoint, so `SimSiam.load_from_checkpoint(path)` rebuilds
+        the model in one line; global_batch: batch x world size (default: the settings' batch_size)."""
         super().__init__()
-        self.save_hyperparameters({"settings": settings.to_dict(), "steps_per_epoch": steps_per_epoch})
+        if not isinstance(settings, Settings):
+            known = {f.name for f in fields(Settings)}
+            settings = Settings(**{k: v for k, v in settings.items() if k in known})
+        global_batch = global_batch or settings.batch_size
+        self.save_hyperparameters(
+            {"settings": settings.to_dict(), "steps_per_epoch": steps_per_epoch, "global_batch": global_batch}
+        )
         self.settings = settings
         self.backbone, feature_dim = build_backbone(settings.backbone, settings.small_stem)
         # NHWC convolutions: +17 % images/s for resnet18 at 64 px on CPU (bench/train_throughput.py), and the

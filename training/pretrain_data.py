@@ -1,9 +1,4 @@
-"""The unlabelled train set for SimSiam: decode each file once, keep a downscaled copy in memory.
-
-Each image is decoded once at the start of the run (JPEGs at reduced DCT scale), downscaled so its
-shorter side is `2 * input_size` and kept as uint8 pixels while the cache budget lasts; the rest are
-decoded from disk on access. The factor 2 keeps the smallest crop (min_scale 0.2, i.e. 0.45 of the
-side) at about native resolution. The scan also finds unreadable files before training starts.
+"""The unlabelled train set for SimSiam: each file decoded once and cached downscaled (dataset/cache.py).
 
 The DataLoader asks for whole batches (`__getitems__`), so the augmentation runs once per batch in the
 loader worker (training/augment.py) rather than once per image.
@@ -11,33 +6,23 @@ loader worker (training/augment.py) rather than once per image.
 
 from __future__ import annotations
 
-import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from handler.eval_preset import ImageDecodeError, decode_image
+from dataset.cache import ImageCache
+from dataset.reader import Skipped
 from training.augment import SimSiamAugment
-from training.data import DatasetError, Skipped
-
-log = logging.getLogger(__name__)
 
 
-def _downscale(im: Image.Image, side: int) -> Image.Image:
-    w, h = im.size
-    if min(w, h) <= side:
-        return im
-    s = side / min(w, h)
-    return im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BILINEAR)
+class PretrainImages(ImageCache):
+    """`dataset.__getitems__(indices)` -> [view0 Nx3xSxS, view1 Nx3xSxS]; `dataset[i]` -> the same for one image.
 
-
-class PretrainImages(Dataset):
-    """`dataset.__getitems__(indices)` -> [view0 Nx3xSxS, view1 Nx3xSxS]; `dataset[i]` -> the same for one image."""
+    Kept at a shorter side of `2 * input_size`: the smallest crop (min_scale 0.2, i.e. 0.45 of the side) stays at
+    about native resolution.
+    """
 
     def __init__(
         self,
@@ -48,67 +33,14 @@ class PretrainImages(Dataset):
         skipped: Skipped,
         threads: int = 4,
     ) -> None:
-        self.keep_side = 2 * input_size
+        super().__init__(paths, 2 * input_size, cache_mb, skipped, threads, what="train")
         self.augment = augment
-        self.items: list[torch.Tensor | Path] = []
-        budget = cache_mb * 2**20
-        self.cached_bytes = 0
-
-        def load(p: Path) -> Image.Image | ImageDecodeError:
-            try:
-                return _downscale(decode_image(p, min_side=self.keep_side), self.keep_side)
-            except ImageDecodeError as e:
-                return e
-
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            # pool.map is lazy in order; chunking keeps at most ~threads*4 decoded images alive at once.
-            for start in range(0, len(paths), 64):
-                chunk = paths[start : start + 64]
-                for p, r in zip(chunk, pool.map(load, chunk)):
-                    if isinstance(r, ImageDecodeError):
-                        skipped.add(str(p), str(r))
-                        continue
-                    pixels = _to_tensor(r)
-                    if self.cached_bytes + pixels.nbytes <= budget:
-                        self.items.append(pixels)
-                        self.cached_bytes += pixels.nbytes
-                    else:
-                        self.items.append(p)
-        if not self.items:
-            raise DatasetError(f"none of the {len(paths)} train images could be read (see the warnings above)")
-        n_cached = sum(isinstance(i, torch.Tensor) for i in self.items)
-        log.info(
-            "train images: %d readable, %d cached in memory (%.0f MiB of %d MiB budget)",
-            len(self.items),
-            n_cached,
-            self.cached_bytes / 2**20,
-            cache_mb,
-        )
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def pixels(self, i: int) -> torch.Tensor:
-        """uint8 3xHxW, shorter side at most 2 * input_size."""
-        item = self.items[i]
-        if isinstance(item, torch.Tensor):
-            return item
-        try:
-            return _to_tensor(_downscale(decode_image(item, min_side=self.keep_side), self.keep_side))
-        except ImageDecodeError:
-            # Changed on disk since the scan: fall back to a cached neighbour rather than crash an epoch.
-            log.warning("%s became unreadable during training; using another image", item)
-            return self.pixels((i + 1) % len(self.items))
 
     def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
         return self.augment.views([self.pixels(i) for i in indices])
 
     def __getitem__(self, i: int) -> list[torch.Tensor]:
         return [v[0] for v in self.__getitems__([i])]
-
-
-def _to_tensor(im: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
 def collate_views(batch: list[torch.Tensor]) -> list[torch.Tensor]:

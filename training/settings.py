@@ -18,6 +18,7 @@ BACKBONES = ("resnet18", "resnet34", "resnet50")
 STEMS = ("auto", "cifar", "imagenet")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
+REFINES = ("finetune", "probe")
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,14 @@ class Settings:
     gray_prob: float = 0.2  # RandomGrayscale probability (paper: 0.2)
     time_budget_s: float = 0.0  # wall-clock cap on pretraining, 0 = none; cosine decay ends at it
     cache_mb: int = 2048  # memory for decoded, downscaled train images; the rest is read from disk
-    cv_folds: int = 5  # stratified folds inside valid for the held-out accuracy
+    cv_folds: int = 5  # stratified folds inside valid for the linear probe's held-out accuracy
+    refine: str = "finetune"  # "finetune": LP-FT of encoder + head on valid (exported); "probe": frozen encoder
+    refine_epochs: int = 30  # fine-tuning epochs over valid (SimCLR: 30 for 10 % labels, 60 for 1 %)
+    refine_batch_size: int = 64
+    refine_lr: float = 0.05  # backbone base lr for fine-tuning; used lr = refine_lr x batch / 256
+    refine_head_lr: float = 0.05  # head base lr (the head starts from the linear probe)
+    refine_holdout: float = 0.2  # share of each valid class held out for the refined accuracy (metric_value)
+    refine_time_budget_s: float = 0.0  # wall-clock cap on the refine stage's training (0 = none)
     knn_k: int = 20  # neighbours for the logged kNN accuracy
     devices: int = 1  # devices per node (GPUs, or CPU processes with strategy ddp)
     num_nodes: int = 1
@@ -86,6 +94,13 @@ _CHECKS: dict[str, tuple[type, Any, str]] = {
     "cache_mb": (int, lambda v: v >= 0, "megabytes >= 0"),
     "cv_folds": (int, lambda v: 2 <= v <= 20, "an integer from 2 to 20"),
     "knn_k": (int, lambda v: 1 <= v <= 1000, "an integer >= 1"),
+    "refine": (str, lambda v: v in REFINES, f"one of {', '.join(REFINES)}"),
+    "refine_epochs": (int, lambda v: 1 <= v <= 10_000, "an integer >= 1"),
+    "refine_batch_size": (int, lambda v: 2 <= v <= 65_536, "an integer >= 2 (BatchNorm needs 2 samples)"),
+    "refine_lr": (float, lambda v: 0 <= v <= 10, "a number >= 0, e.g. 0.05 (0 freezes the backbone)"),
+    "refine_head_lr": (float, lambda v: 0 <= v <= 10, "a number >= 0, e.g. 0.05"),
+    "refine_holdout": (float, lambda v: 0.05 <= v <= 0.5, "a share from 0.05 to 0.5, e.g. 0.2"),
+    "refine_time_budget_s": (float, lambda v: v >= 0, "seconds >= 0 (0 = no budget)"),
     "devices": (int, lambda v: 1 <= v <= 1024, "an integer >= 1"),
     "num_nodes": (int, lambda v: 1 <= v <= 4096, "an integer >= 1"),
     "strategy": (str, lambda v: v in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),

@@ -1,7 +1,9 @@
-"""The training job: SimSiam pretraining -> linear probe on valid -> TorchScript + .mar -> trial.txt."""
+"""The training job, in named phases: pretrain (SimSiam, unlabelled) -> downstream (linear probe of the frozen
+features, then refine: LP-FT of encoder + head on valid) -> export (TorchScript + .mar) -> record (trial.txt)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -17,20 +19,22 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from sklearn.metrics import confusion_matrix
+from torch import nn
 
-from export.archive import CLASSES_FILE, MODEL_FILE, PRESET_FILE, build_mar, write_class_names
+from dataset.reader import DatasetError, LabelledSplit, Skipped, decode_all, read_labelled, read_unlabelled
+from evaluation.confusion_plot import plot_confusion_matrix
+from evaluation.features import run_frozen
+from evaluation.probe import ProbeResult, linear_probe
+from export.archive import CLASSES_FILE, MODEL_FILE, PRESET_FILE, build_mar, read_class_names, write_class_names
 from export.torchscript import export_torchscript
 from handler.eval_preset import EvalPreset
+from jobs.device import resolve_precision
+from jobs.outputs import RunFolder, atomic_write_json, find_resume_checkpoint, round4
 from training.augment import augment_for
-from training.confusion_plot import plot_confusion_matrix
-from training.data import DatasetError, LabelledSplit, Skipped, decode_all, read_labelled, read_unlabelled
-from training.device import resolve_precision
-from training.downstream import linear_probe
-from training.features import run_frozen
 from training.model import SimSiam
-from training.outputs import RunFolder, atomic_write_json, find_resume_checkpoint, round4
 from training.plots import plot_training_curves
 from training.pretrain_data import PretrainImages, pretrain_loader
+from training.refine import RefineRecipe, RefineResult, refine
 from training.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -118,6 +122,28 @@ def _train_and_export(
     skipped: Skipped,
     t0: float,
 ) -> dict:
+    pretrained = pretrain(job, work, train_set)
+    if run_dir is None or not pretrained.trainer.is_global_zero:
+        return {}  # the refine stage and the export run once, on rank 0 (see README, "DDP")
+    t_valid = time.monotonic()
+    result = downstream(job, pretrained.model.backbone, valid, preset, skipped)
+    valid_time = time.monotonic() - t_valid
+    export(job, run_dir.path, result, valid, preset)
+    return record(job, run_dir, pretrained, result, skipped, valid_time, t0)
+
+
+@dataclass
+class Pretrained:
+    model: SimSiam
+    trainer: pl.Trainer
+    train_time: float
+    images_per_s: float
+    train_images: int
+    resume: Path | None
+
+
+def pretrain(job: TrainJob, work: Path, train_set: PretrainImages) -> Pretrained:
+    """SimSiam on the unlabelled train images (Lightning: checkpoints, CSV log, AMP, DDP)."""
     s = job.settings
     on_gpu = job.device.type == "cuda"
     batch = min(s.batch_size, len(train_set))
@@ -151,64 +177,143 @@ def _train_and_export(
     train_time = time.monotonic() - t_train
     images_per_s = trainer.global_step * batch * world / max(train_time, 1e-9)
     log.info("pretraining: %d steps in %.1f s (%.1f images/s)", trainer.global_step, train_time, images_per_s)
-    if run_dir is None or not trainer.is_global_zero:
-        return {}  # the downstream evaluation and export run once, on rank 0
+    return Pretrained(model, trainer, train_time, images_per_s, len(train_set), resume)
 
-    t_valid = time.monotonic()
+
+@dataclass
+class Downstream:
+    encoder: nn.Module  # what is exported: refined, or the frozen pretrained encoder for refine "probe"
+    head: nn.Linear
+    acc: float  # metric_value: held-out accuracy of the exported model's recipe
+    labels: list[int]  # the held-out images' true classes ...
+    predictions: list[int]  # ... and the classes the recipe gave them (confusion matrix)
+    probe: ProbeResult  # what the frozen features alone are worth (k-fold linear probe, kNN)
+    refined: RefineResult | None
+
+
+def downstream(
+    job: TrainJob, backbone: nn.Module, valid: LabelledSplit, preset: EvalPreset, skipped: Skipped
+) -> Downstream:
+    """The frozen features' linear probe, then (refine "finetune") LP-FT of encoder + head on valid."""
+    s = job.settings
     # Trained channels_last (faster convolutions); exported and served in the default layout.
-    encoder = model.backbone.to(job.device, memory_format=torch.contiguous_format)
+    encoder = backbone.to(job.device, memory_format=torch.contiguous_format)
     features, kept, bad = run_frozen(encoder, valid.paths, preset, job.device, num_workers=min(2, s.num_workers))
     for i, err in bad:
         skipped.add(str(valid.paths[i]), err)
     labels = [valid.labels[i] for i in kept]
     probe = linear_probe(features, labels, s.cv_folds, s.knn_k)
-    valid_time = time.monotonic() - t_valid
     log.info(
-        "valid: linear probe acc %.4f, kNN acc %.4f (%d-fold, %d images, %d classes)",
+        "valid: frozen features: linear probe acc %.4f, kNN acc %.4f (%d-fold, %d images, %d classes)",
         probe.acc,
         probe.knn_acc,
         probe.folds,
         len(labels),
         len(valid.classes),
     )
+    if s.refine == "probe":
+        return Downstream(encoder, probe.head, probe.acc, labels, probe.held_out, probe, None)
+    recipe = RefineRecipe(
+        epochs=s.refine_epochs,
+        batch_size=s.refine_batch_size,
+        lr=s.refine_lr,
+        head_lr=s.refine_head_lr,
+        momentum=s.momentum,
+        min_scale=s.min_scale,
+        time_budget_s=s.refine_time_budget_s,
+        holdout=s.refine_holdout,
+        precision=resolve_precision(s.precision, job.device),
+        num_workers=min(2, s.num_workers),
+        seed=s.seed,
+    )
+    paths = [valid.paths[i] for i in kept]
+    # The probe above keeps the pretrained encoder's features; refine changes a copy (BatchNorm statistics too).
+    r = refine(
+        copy.deepcopy(encoder), paths, labels, len(valid.classes), preset, recipe, job.device, s.cache_mb, skipped
+    )
+    log.info(
+        "valid: refined (LP-FT, %d epochs): held-out acc %.4f on %d images (linear probe %.4f), %.1f s",
+        r.epochs,
+        r.acc,
+        len(r.held_out),
+        probe.acc,
+        r.fit_time_s,
+    )
+    encoder = r.encoder.to(memory_format=torch.contiguous_format)
+    return Downstream(encoder, r.head, r.acc, [labels[i] for i in r.held_out], r.predictions, probe, r)
 
-    out = run_dir.path
-    export_torchscript(encoder, probe.head, s.input_size, out / MODEL_FILE)
+
+def export(job: TrainJob, out: Path, result: Downstream, valid: LabelledSplit, preset: EvalPreset) -> None:
+    """TorchScript (encoder + head) with a round-trip check, the class names and preset, the .mar, pictures."""
+    s = job.settings
+    export_torchscript(result.encoder, result.head, s.input_size, out / MODEL_FILE)
     write_class_names(valid.classes, out / CLASSES_FILE)
     preset.save(out / PRESET_FILE)
     atomic_write_json(out / "settings.json", s.to_dict())
     build_mar(out, job.model_name)
-    plot_training_curves(out / "logs" / "metrics.csv", s.proj_dim, out / "training_curves.png")
-    # Which classes the features confuse, from the held-out folds behind metric_value (not the exported head,
+    refine_curve = result.refined.curve if result.refined else []
+    plot_training_curves(out / "logs" / "metrics.csv", s.proj_dim, out / "training_curves.png", refine_curve)
+    # Which classes the model confuses, from held-out predictions behind metric_value (not the exported model,
     # which has seen every valid image).
-    matrix = confusion_matrix(labels, probe.held_out, labels=list(range(len(valid.classes)))).tolist()
     plot_confusion_matrix(
-        matrix, valid.classes, probe.acc, out / "valid_confusion_matrix.png", title="Valid confusion matrix, held out"
+        confusion(result, len(valid.classes)),
+        valid.classes,
+        result.acc,
+        out / "valid_confusion_matrix.png",
+        title="Valid confusion matrix, held out",
     )
+
+
+def confusion(result: Downstream, n_classes: int) -> list[list[int]]:
+    return confusion_matrix(result.labels, result.predictions, labels=list(range(n_classes))).tolist()
+
+
+def record(
+    job: TrainJob,
+    run_dir: RunFolder,
+    pretrained: Pretrained,
+    result: Downstream,
+    skipped: Skipped,
+    valid_time: float,
+    t0: float,
+) -> dict:
+    """model_info.json, then the model folder is committed and trial.txt replaced (SPEC: these keys exactly)."""
+    s = job.settings
+    classes = read_class_names(run_dir.path / CLASSES_FILE)
+    trainer = pretrained.trainer
+    metrics = {
+        "acc": round4(result.acc),
+        "refine": s.refine,
+        "probe_acc": round4(result.probe.acc),
+        "knn_acc": round4(result.probe.knn_acc),
+        "cv_folds": result.probe.folds,
+        "confusion_matrix": {"labels": classes, "matrix": confusion(result, len(classes))},
+    }
+    if result.refined is not None:
+        metrics["refine_held_out_images"] = len(result.refined.held_out)
+        metrics["refine_epochs"] = result.refined.epochs
+        metrics["refine_curve"] = result.refined.curve
     atomic_write_json(
-        out / "model_info.json",
+        run_dir.path / "model_info.json",
         {
             "model_name": job.model_name,
             "mar": f"{job.model_name}.mar",
             "backbone": s.backbone,
             "input_size": s.input_size,
-            "classes": valid.classes,
-            "metrics": {
-                "acc": round4(probe.acc),
-                "knn_acc": round4(probe.knn_acc),
-                "cv_folds": probe.folds,
-                "confusion_matrix": {"labels": valid.classes, "matrix": matrix},
-            },
+            "classes": classes,
+            "metrics": metrics,
             "pretraining": {
                 "steps": trainer.global_step,
                 "epochs": trainer.current_epoch,
-                "images_per_s": round(images_per_s, 1),
-                "train_images": len(train_set),
+                "images_per_s": round(pretrained.images_per_s, 1),
+                "train_images": pretrained.train_images,
             },
+            "timing": {"train_time": round4(pretrained.train_time), "valid_time": round4(valid_time)},
             "skipped": [{"path": p, "reason": r} for p, r in skipped.items],
         },
     )
     final = run_dir.commit()
+    resume = pretrained.resume
     if resume and resume.parent.parent.name.startswith(".interrupted-"):
         shutil.rmtree(resume.parent.parent, ignore_errors=True)  # consumed: the finished model supersedes it
     total = time.monotonic() - t0
@@ -216,14 +321,18 @@ def _train_and_export(
         "recom_model": MODEL_NAME,
         "gened_model_name": job.model_name,
         "metric_type": "acc",
-        "metric_value": round4(probe.acc),
+        "metric_value": round4(result.acc),
         "used_models": MODEL_NAME,
         "model_path": str(final),
         "model_params": s.to_dict(),
-        "eval_result": {MODEL_NAME: {"eval": {"acc": round4(probe.acc)}}},
+        "eval_result": {MODEL_NAME: {"eval": {"acc": round4(result.acc)}}},
         "predict_prob": {},
         "train_consuming": {
-            MODEL_NAME: {"total": round4(total), "train_time": round4(train_time), "valid_time": round4(valid_time)}
+            MODEL_NAME: {
+                "total": round4(total),
+                "train_time": round4(pretrained.train_time),
+                "valid_time": round4(valid_time),
+            }
         },
     }
     run_dir.write_trial(trial)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 # The files the service runs from: the image must hold them.
 RUNTIME_FILES = [
@@ -26,10 +26,10 @@ RUNTIME_FILES = [
     "serving/torchserve_process.py",
     "handler/simsiam_handler.py",
     "handler/eval_preset.py",
-    "training/model_folder.py",
-    "training/device.py",
+    "export/model_folder.py",
+    "jobs/device.py",
     "export/archive.py",
-    "deploy/proxy.py",
+    "serving/kserve_proxy.py",
 ]
 
 

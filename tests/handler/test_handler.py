@@ -9,6 +9,7 @@ from PIL import Image
 from ts.torch_handler.unit_tests.test_utils.mock_context import MockContext
 
 from handler.simsiam_handler import SimSiamHandler
+from handler.worker_threads import torch_threads
 
 
 class StatusContext(MockContext):
@@ -84,6 +85,19 @@ def test_all_bad_batch(handler_and_context):
 
 def test_threads_are_capped_per_worker(monkeypatch):
     monkeypatch.delenv("SIMSIAM_TORCH_THREADS", raising=False)
-    assert SimSiamHandler._threads({"handler": {"threads": 3}}) == 3
+    assert torch_threads({"handler": {"threads": 3}}) == 3
     monkeypatch.setenv("SIMSIAM_TORCH_THREADS", "2")
-    assert SimSiamHandler._threads({}) == 2
+    assert torch_threads({}) == 2
+
+
+def test_base_handle_records_handler_time(handler_and_context):
+    # The handler overrides preprocess/inference/postprocess only: BaseHandler.handle runs them and records
+    # TorchServe's HandlerTime metric.
+    h, ctx = handler_and_context
+    assert "handle" not in vars(SimSiamHandler)
+    fresh = StatusContext(
+        model_pt_file="model.pt", model_dir=ctx.system_properties["model_dir"], model_file=None
+    )  # a context whose metrics store is empty
+    [row] = h.handle([{"data": _jpeg()}], fresh)
+    assert set(row) == {"class", "index", "probability"}
+    assert [m.name for m in fresh.metrics.store] == ["HandlerTime"]

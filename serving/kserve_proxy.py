@@ -1,6 +1,6 @@
 """The product's HTTP API alone, in front of a TorchServe that another container runs (KServe's transformer).
 
-    python deploy/proxy.py --inference http://127.0.0.1:8085 --management http://127.0.0.1:8086 \
+    python serving/kserve_proxy.py --inference http://127.0.0.1:8085 --management http://127.0.0.1:8086 \
         --used_model SimSiam_autotables-2503-train-1 --service_port 8080
 
 client_infer.py starts TorchServe itself and is the entry point everywhere else. Under KServe the predictor

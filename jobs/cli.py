@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from training.outputs import DEFAULT_RUNS, no_room
+from jobs.outputs import DEFAULT_RUNS, no_room
 
 SPEC_MODEL_PATH = "/app/tianji/runs/models/91e2c5a9-35e4-45ee-90e4-c53d85558bbc"
 SPEC_USED_MODEL = "SimSiam_autotables-2503-train-1"

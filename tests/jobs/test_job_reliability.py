@@ -4,7 +4,7 @@ one runs dir, a full disk. Each runs client_train.py / client_test.py as subproc
     .venv/bin/pytest tests/test_job_reliability.py -q
 
 The rule checked throughout: trial.txt is absent or points at a complete model folder, and whatever a dead
-job left behind is a dot-entry that the next job cleans up (training.outputs.sweep_stale).
+job left behind is a dot-entry that the next job cleans up (jobs.outputs.sweep_stale).
 """
 
 from __future__ import annotations
@@ -181,11 +181,11 @@ def test_ctrl_c_keeps_a_resumable_checkpoint_and_trial_txt(
 
 def test_a_live_jobs_staging_folder_is_never_swept_and_a_dead_ones_is(tmp_path: Path) -> None:
     """The sweep in-process and across processes, without training: a RunFolder is only a folder and a lock."""
-    from training.outputs import RunFolder
+    from jobs.outputs import RunFolder
 
     live = RunFolder(tmp_path)  # this process holds its lock
     (live.path / "checkpoints").mkdir()
-    dead_code = "import os, sys; from pathlib import Path; from training.outputs import RunFolder; "
+    dead_code = "import os, sys; from pathlib import Path; from jobs.outputs import RunFolder; "
     dead_code += "r = RunFolder(Path(sys.argv[1])); "
     dead_code += "print(r.path, flush=True); os.kill(os.getpid(), 9)"
     dead = subprocess.run(

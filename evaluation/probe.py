@@ -20,7 +20,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from training.data import DatasetError
+from dataset.reader import DatasetError
 
 
 @dataclass
@@ -68,6 +68,20 @@ def linear_probe(features: torch.Tensor, labels: list[int], cv_folds: int, knn_k
             knn = KNeighborsClassifier(n_neighbors=k, metric="cosine", weights="distance")
             knn.fit(x[train_idx], y[train_idx])
             knn_correct += int((knn.predict(x[test_idx]) == y[test_idx]).sum())
+    head = fit_head(features, labels, n_classes)
+    acc = float((held_out == y).mean())
+    return ProbeResult(acc, knn_correct / len(y), splitter.get_n_splits(), head, held_out.tolist())
+
+
+def fit_head(features: torch.Tensor, labels: list[int], n_classes: int) -> nn.Linear:
+    """The probe fitted on all of (features NxC, labels), folded into one nn.Linear: logits = head(features).
+
+    Every class in [0, n_classes) must occur in `labels`. Also the head LP-FT starts fine-tuning from
+    (training/refine.py)."""
+    x = features.double().numpy()
+    y = np.asarray(labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (ConvergenceWarning, UserWarning))
         final = make_probe().fit(x, y)
     head = _fold_into_linear(final, n_classes)
     # The folded head must reproduce scikit-learn's scores exactly (up to float32 rounding).
@@ -78,8 +92,7 @@ def linear_probe(features: torch.Tensor, labels: list[int], cv_folds: int, knn_k
     assert np.allclose(got - got.mean(1, keepdims=True), ref - ref.mean(1, keepdims=True), atol=1e-3), (
         "folded linear head disagrees with the fitted probe"
     )
-    acc = float((held_out == y).mean())
-    return ProbeResult(acc, knn_correct / len(y), splitter.get_n_splits(), head, held_out.tolist())
+    return head
 
 
 def _fold_into_linear(pipe, n_classes: int) -> nn.Linear:

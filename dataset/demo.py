@@ -1,6 +1,6 @@
 """Make the demo dataset: procedurally drawn shapes and textures in the SPEC.md layout.
 
-    python -m training.demo_data runs/demo_dataset --train-per-class 500
+    python -m dataset.demo runs/demo_dataset --train-per-class 500
 
 Six classes that differ in shape and texture, never in colour (patterns fill the image, so every crop
 shows its class): every shape, stripe, ring and cell has its own random colour on a near-grey background,

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.data import DatasetError
-from training.downstream import linear_probe
+from dataset.reader import DatasetError
+from evaluation.probe import linear_probe
 
 
 def _blobs(n_per_class: int, n_classes: int, dim: int = 16, noise: float = 0.5, seed: int = 0):

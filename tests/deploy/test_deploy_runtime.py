@@ -1,4 +1,4 @@
-"""deploy/proxy.py and deploy/kserve/config/config.properties at run time.
+"""serving/kserve_proxy.py and deploy/kserve/config/config.properties at run time.
 
 .venv/bin/python -m pytest tests/test_deploy_runtime.py            # the proxy alone, about 2 s
 .venv/bin/python -m pytest tests/test_deploy_runtime.py -m slow    # + a real TorchServe on the KServe config
@@ -25,8 +25,8 @@ import pytest
 from serving.torchserve_process import find_torchserve, probe_image
 from serving.ts_config import free_port, read_properties
 
-REPO = Path(__file__).resolve().parent.parent
-PROXY = REPO / "deploy" / "proxy.py"
+REPO = Path(__file__).resolve().parents[2]
+PROXY = REPO / "serving" / "kserve_proxy.py"
 KSERVE_CONFIG = REPO / "deploy" / "kserve" / "config" / "config.properties"
 
 
@@ -118,7 +118,7 @@ def test_kserve_config_answers_kserve_v1(trained_model: dict, tmp_path: Path) ->
 @pytest.mark.slow
 @pytest.mark.serving
 def test_kserve_config_behind_the_proxy_answers_the_product_api(trained_model: dict, tmp_path: Path) -> None:
-    """inferenceservice-product-api.yaml: deploy/proxy.py in front of TorchServe on the KServe config, no envelope."""
+    """inferenceservice-product-api.yaml: the KServe proxy before TorchServe on the KServe config, no envelope."""
     name = trained_model["gened_model_name"]
     with torchserve_on_kserve_config(trained_model, tmp_path, envelope=None) as props:
         port = free_port()
@@ -132,7 +132,7 @@ def test_kserve_config_behind_the_proxy_answers_the_product_api(trained_model: d
                     health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
                     break
                 except httpx.TransportError:
-                    assert proxy.poll() is None and time.monotonic() < deadline, "deploy/proxy.py did not start"
+                    assert proxy.poll() is None and time.monotonic() < deadline, "serving/kserve_proxy.py did not start"
                     time.sleep(0.3)
             assert health.status_code == 200, health.text
             body = {"content": base64.b64encode(probe_image()).decode()}

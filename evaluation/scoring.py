@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from dataset.reader import DatasetError, LabelledSplit, Skipped, read_labelled
+from evaluation.confusion_plot import plot_confusion_matrix
+from evaluation.features import run_frozen
+from export.model_folder import ModelFolder, ModelFolderError
 from handler.eval_preset import EvalPreset
-from training.confusion_plot import plot_confusion_matrix
-from training.data import DatasetError, LabelledSplit, Skipped, read_labelled
-from training.features import run_frozen
-from training.model_folder import ModelFolder, ModelFolderError
-from training.outputs import RunFolder, atomic_write_json, round4
+from jobs.outputs import RunFolder, atomic_write_json, round4
 
 log = logging.getLogger(__name__)
 FAMILY = "SimSiam"  # the trial.txt key; training.train.MODEL_NAME, not imported as that pulls in Lightning

@@ -24,7 +24,7 @@ import yaml
 from export.archive import MODEL_CONFIG, build_mar
 from serving.ts_config import read_properties
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S, KSERVE = DEPLOY / "k8s", DEPLOY / "kserve"
 KSERVE_CONFIG = KSERVE / "config" / "config.properties"

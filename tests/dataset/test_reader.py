@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dataset.reader import DatasetError, Skipped, decode_all, list_images, read_labelled, read_unlabelled
 from handler.eval_preset import EvalPreset, ImageDecodeError, decode_image, load_for_eval
-from training.data import DatasetError, Skipped, decode_all, list_images, read_labelled, read_unlabelled
 
 
 def _save(path: Path, mode: str = "RGB", size=(40, 30), fmt: str | None = None, **kw) -> Path:

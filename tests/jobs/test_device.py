@@ -3,7 +3,7 @@ import logging
 import pytest
 import torch
 
-from training.device import resolve_device
+from jobs.device import resolve_device
 
 
 def test_cpu():

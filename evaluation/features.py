@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dataset.reader import EvalImages, collate_eval
 from handler.eval_preset import EvalPreset
-from training.data import EvalImages, collate_eval
 
 
 def run_frozen(

@@ -1,0 +1,205 @@
+"""What self-supervision adds once the model is refined: three classifiers at the same wall-clock budget.
+
+    .venv/bin/python -m bench.refine_budget --dataset demo --budget_s 180 --seeds 0 1 2
+    .venv/bin/python -m bench.refine_budget --dataset photo --budget_s 180 --seeds 0 1 2
+
+For each seed, scored on the `test` split (never used by any of them):
+(a) product: client_train.py as a user runs it (a subprocess): SimSiam pretraining for `pretrain_share` of the
+    budget, then the refine stage (LP-FT, held-out run + final run) for the rest; tested with client_test.py
+    (the exported TorchScript model and the serving preset).
+(b) supervised from scratch: the same encoder randomly initialised, through the same refine stage
+    (training.train.downstream: the same recipe, held-out run included) for the whole budget.
+(c) SimSiam + linear probe (the product before the refine stage): (a)'s pretrained encoder, frozen, with the
+    probe head fitted on all of `valid`. It gets (a)'s pretraining time, not the whole budget: the probe has
+    flattened by then on both datasets (docs/benchmarks.md, "What limits the demo").
+The table prints each seed, then mean and spread (max - min), and the differences the issue's targets name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dataset.reader import Skipped, read_labelled
+from evaluation.features import run_frozen
+from evaluation.probe import fit_head
+from handler.eval_preset import EvalPreset
+from training.backbone import build_backbone
+from training.model import SimSiam
+from training.refine import predict
+from training.settings import build_settings
+from training.train import TrainJob, downstream
+
+REPO = Path(__file__).resolve().parent.parent
+# The demo's own settings (scripts/demo.sh): its colours are random, its patterns a few pixels wide.
+DATASET_SETTINGS = {
+    "demo": {"lr": 0.1, "cj_hue": 0.5, "gray_prob": 0.5, "min_scale": 0.5},
+    "photo": {},
+}
+
+
+def dataset_root(name: str, valid_per_class: int | None) -> Path:
+    """The benchmark datasets, made once under /tmp: more test images than the defaults, for a steadier score."""
+    tmp = Path(tempfile.gettempdir())
+    if name == "demo":
+        from dataset.demo import VERSION, make_demo_dataset
+
+        v = valid_per_class or 100
+        root = tmp / f"simsiam_bench_refine_demo_v{VERSION}_{v}"
+        if not (root / "test").is_dir():
+            make_demo_dataset(root, train_per_class=500, valid_per_class=v, test_per_class=50)
+        return root
+    if name == "photo":
+        from bench.photo_data import make_photo_dataset
+
+        v = valid_per_class or 20
+        root = tmp / f"simsiam_bench_refine_photo_{v}"
+        if not (root / "test").is_dir():
+            make_photo_dataset(root, per_class={"train": 160, "valid": v, "test": 20})
+        return root
+    return Path(name)
+
+
+def _run(cmd: list[str], runs: Path) -> None:
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "SIMSIAM_RUNS_DIR": str(runs)}, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[1]} failed ({proc.returncode})")
+
+
+def product(dataset: Path, settings: dict, runs: Path) -> tuple[Path, dict, float]:
+    """(a): client_train.py then client_test.py; returns (model folder, trial.txt, test accuracy)."""
+    annotation = json.dumps({"advance_settings": settings})
+    _run([sys.executable, "client_train.py", "--dataset_path", str(dataset), "--device", "cpu", "--trial_name",
+          "bench", "--annotation_data", annotation], runs)  # fmt: skip
+    trial = json.loads((runs / "metric" / "trial.txt").read_text())
+    model = Path(trial["model_path"])
+    _run([sys.executable, "client_test.py", "--dataset_path", str(dataset), "--model_path", str(model),
+          "--used_model", "SimSiam_bench", "--device", "cpu"], runs)  # fmt: skip
+    test = json.loads((runs / "metric" / "trial.txt").read_text())
+    return model, trial, test["test_result"]["SimSiam"]["test"]["acc"]
+
+
+def test_accuracy(
+    encoder: torch.nn.Module, head: torch.nn.Linear, dataset: Path, classes: list[str], preset: EvalPreset
+) -> float:
+    test = read_labelled(dataset, "test", classes=classes)
+    pred = predict(encoder, head, test.paths, preset, torch.device("cpu"))
+    return float((np.asarray(pred) == np.asarray(test.labels)).mean())
+
+
+def probe_of(model: Path, dataset: Path, preset: EvalPreset) -> float:
+    """(c): the pretrained encoder of the product's run (its checkpoint), frozen, probe head on all of valid."""
+    (ckpt,) = (model / "checkpoints").glob("*.ckpt")
+    backbone = SimSiam.load_from_checkpoint(ckpt, map_location="cpu").backbone.eval()
+    backbone = backbone.to(memory_format=torch.contiguous_format)
+    valid = read_labelled(dataset, "valid")
+    features, kept, _ = run_frozen(backbone, valid.paths, preset, torch.device("cpu"), num_workers=2)
+    head = fit_head(features, [valid.labels[i] for i in kept], len(valid.classes))
+    return test_accuracy(backbone, head, dataset, valid.classes, preset)
+
+
+def from_scratch(dataset: Path, settings: dict, seed: int) -> tuple[float, float, int]:
+    """(b): random init through the product's downstream phase; returns (held-out acc, test acc, epochs)."""
+    s = build_settings(settings)
+    torch.manual_seed(seed)
+    backbone = build_backbone(s.backbone, s.small_stem)[0]
+    valid = read_labelled(dataset, "valid")
+    job = TrainJob(dataset, torch.device("cpu"), "scratch", s, Path(tempfile.gettempdir()))
+    preset = EvalPreset(input_size=s.input_size)
+    result = downstream(job, backbone, valid, preset, Skipped())
+    epochs = result.refined.epochs if result.refined else 0
+    return result.acc, test_accuracy(result.encoder, result.head, dataset, valid.classes, preset), epochs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="demo", help="demo, photo, or a dataset folder")
+    p.add_argument("--budget_s", type=float, default=180, help="training seconds per classifier (default 180)")
+    p.add_argument("--pretrain_share", type=float, default=2 / 3, help="(a)'s share for pretraining (default 2/3)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--valid_per_class", type=int, default=None, help="labelled images per class (default: 100/20)")
+    p.add_argument("--input_size", type=int, default=64)
+    p.add_argument("--settings", default="{}", help="extra settings for every arm, as JSON")
+    a = p.parse_args()
+    preset = EvalPreset(input_size=a.input_size)
+    dataset = dataset_root(a.dataset, a.valid_per_class)
+    common = {
+        "input_size": a.input_size,
+        "batch_size": 64,
+        "num_workers": 2,
+        "epochs": 10_000,
+        "refine_epochs": 10_000,  # the budgets end both stages
+        **DATASET_SETTINGS.get(a.dataset, {}),
+        **json.loads(a.settings),
+    }
+    pre = a.budget_s * a.pretrain_share
+    rows = []
+    for seed in a.seeds:
+        with tempfile.TemporaryDirectory() as runs:
+            settings = {**common, "seed": seed, "time_budget_s": pre, "refine_time_budget_s": a.budget_s - pre}
+            t = time.monotonic()
+            model, trial, acc_a = product(dataset, settings, Path(runs))
+            info = json.loads((model / "model_info.json").read_text())
+            took = trial["train_consuming"]["SimSiam"]
+            acc_c = probe_of(model, dataset, preset)
+            print(f"seed {seed}: (a) {acc_a:.4f}  (c) {acc_c:.4f}  [{time.monotonic() - t:.0f} s]", flush=True)
+        t = time.monotonic()
+        scratch = {**common, "seed": seed, "refine_time_budget_s": a.budget_s}
+        held_b, acc_b, epochs_b = from_scratch(dataset, scratch, seed)
+        b_time = time.monotonic() - t
+        print(f"seed {seed}: (b) {acc_b:.4f}  [{b_time:.0f} s]", flush=True)
+        rows.append(
+            {
+                "seed": seed,
+                "a": acc_a,
+                "b": acc_b,
+                "c": acc_c,
+                "a_valid": trial["metric_value"],
+                "b_valid": held_b,
+                "a_probe_valid": info["metrics"]["probe_acc"],
+                "a_steps": info["pretraining"]["steps"],
+                "a_refine_epochs": info["metrics"].get("refine_epochs"),
+                "b_refine_epochs": epochs_b,
+                "a_s": took["train_time"] + took["valid_time"],
+                "b_s": b_time,
+            }
+        )
+
+    valid = read_labelled(dataset, "valid")
+    test = read_labelled(dataset, "test", classes=valid.classes)
+    n_train = len(list((dataset / "train" / "images").rglob("*.*")))
+    print(
+        f"\ndataset {a.dataset} ({dataset}): {n_train} unlabelled, {len(valid.paths)} labelled valid, "
+        f"{len(test.paths)} test, {len(valid.classes)} classes; budget {a.budget_s:.0f} s per classifier, "
+        f"(a) pretrains {pre:.0f} s; {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"torch {torch.__version__}; settings {common}"
+    )
+    head = f"{'seed':>5} {'(a) product':>12} {'(b) scratch':>12} {'(c) probe':>10} {'a-c':>7} {'a-b':>7}"
+    print(head + f" {'a valid':>8} {'b valid':>8} {'a steps':>8} {'a ep':>5} {'b ep':>5} {'a s':>6} {'b s':>6}")
+    for r in rows:
+        print(
+            f"{r['seed']:>5} {r['a']:>12.4f} {r['b']:>12.4f} {r['c']:>10.4f} {100 * (r['a'] - r['c']):>+7.1f} "
+            f"{100 * (r['a'] - r['b']):>+7.1f} {r['a_valid']:>8.4f} {r['b_valid']:>8.4f} {r['a_steps']:>8} "
+            f"{r['a_refine_epochs']!s:>5} {r['b_refine_epochs']:>5} {r['a_s']:>6.0f} {r['b_s']:>6.0f}"
+        )
+    for key, name in (("a", "(a) product"), ("b", "(b) scratch"), ("c", "(c) probe")):
+        v = np.asarray([r[key] for r in rows])
+        print(f"{name:<12} test mean {v.mean():.4f}  spread {v.max() - v.min():.4f}")
+    d_ac = np.asarray([r["a"] - r["c"] for r in rows])
+    d_ab = np.asarray([r["a"] - r["b"] for r in rows])
+    print(f"(a) - (c): {100 * d_ac.mean():+.1f} pt (per seed {', '.join(f'{100 * d:+.1f}' for d in d_ac)}; target +10)")
+    print(f"(a) - (b): {100 * d_ab.mean():+.1f} pt (per seed {', '.join(f'{100 * d:+.1f}' for d in d_ab)}; target +5)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The refine stage: an honest held-out accuracy, LP-FT that really trains the encoder, and `refine: probe`."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SETTINGS, run_train
+from PIL import Image
+
+from dataset.reader import Skipped
+from handler.eval_preset import EvalPreset
+from training.backbone import build_backbone
+from training.model import SimSiam
+from training.refine import RefineRecipe, predict, refine, stratified_holdout
+
+
+def _noise_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = folder / f"{i:03d}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_holdout_is_stratified_and_keeps_every_class_in_the_fit_part():
+    labels = [0] * 10 + [1] * 5 + [2] * 2 + [3]
+    fit, held = stratified_holdout(labels, 0.2, seed=0)
+    assert sorted(fit + held) == list(range(len(labels))) and not set(fit) & set(held)
+    held_per_class = np.bincount([labels[i] for i in held], minlength=4).tolist()
+    assert held_per_class == [2, 1, 1, 0]  # 20 % rounded, at least 1 where a class has 2, none from a single image
+    assert set(labels[i] for i in fit) == {0, 1, 2, 3}
+    assert stratified_holdout(labels, 0.2, seed=0) == (fit, held)  # seeded
+
+
+def test_random_labels_give_chance_held_out_while_the_refined_model_fits_its_training_images(tmp_path):
+    # Leak test: noise images with random labels can be memorised (training accuracy high) but never predicted,
+    # so any held-out accuracy well above chance would mean the held-out images leaked into training.
+    n_classes, n = 4, 80
+    paths = _noise_images(tmp_path / "valid", n)
+    labels = np.random.default_rng(1).permutation(np.arange(n) % n_classes).tolist()
+    torch.manual_seed(0)
+    encoder = build_backbone("resnet18", small_stem=True)[0]
+    preset = EvalPreset(input_size=32)
+    device = torch.device("cpu")
+    recipe = RefineRecipe(epochs=6, batch_size=16, lr=0.05, head_lr=0.05, min_scale=0.9, num_workers=0)
+    r = refine(encoder, paths, labels, n_classes, preset, recipe, device, 64, Skipped())
+    assert len(r.held_out) == 16 and r.epochs == 6
+    assert r.acc <= 0.5, f"held-out accuracy {r.acc} on random labels: the held-out images leaked"
+    fitted = [i for i in range(n) if i not in set(r.held_out)]
+    pred = np.asarray(predict(r.encoder, r.head, [paths[i] for i in fitted], preset, device))
+    train_acc = float((pred == np.asarray([labels[i] for i in fitted])).mean())
+    assert train_acc >= 0.8, f"the refined model fits only {train_acc:.2f} of its own (random) training labels"
+    assert [row["run"] for row in r.curve].count("final") == 6
+    assert "held_out_acc" in [row for row in r.curve if row["run"] == "held-out"][-1]
+
+
+def test_finetune_moves_the_encoder_and_probe_keeps_it_frozen(tiny_dataset, trained_model, tmp_path):
+    """The default (finetune) exports an encoder that moved away from the pretrained checkpoint; refine: probe
+    exports the checkpoint's encoder with the linear probe, and metric_value is the probe's k-fold accuracy."""
+
+    def exported_and_pretrained(model_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        scripted = torch.jit.load(str(model_path / "model.pt"))
+        (ckpt,) = (model_path / "checkpoints").glob("*.ckpt")
+        pretrained = SimSiam.load_from_checkpoint(ckpt, map_location="cpu").backbone
+        return scripted.encoder.conv1.weight.detach(), pretrained.conv1.weight.detach()
+
+    finetuned = Path(trained_model["model_path"])
+    info = json.loads((finetuned / "model_info.json").read_text())
+    assert info["metrics"]["refine"] == "finetune" and info["metrics"]["refine_epochs"] == 2
+    assert {"probe_acc", "knn_acc", "refine_curve", "refine_held_out_images"} <= set(info["metrics"])
+    exported, pretrained = exported_and_pretrained(finetuned)
+    assert not torch.allclose(exported, pretrained)
+
+    runs = tmp_path / "runs"
+    proc = run_train(tiny_dataset, runs, settings={**TINY_SETTINGS, "refine": "probe"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trial = json.loads((runs / "metric" / "trial.txt").read_text())
+    info = json.loads((Path(trial["model_path"]) / "model_info.json").read_text())
+    assert info["metrics"]["refine"] == "probe" and "refine_curve" not in info["metrics"]
+    assert trial["metric_value"] == info["metrics"]["acc"] == info["metrics"]["probe_acc"]
+    exported, pretrained = exported_and_pretrained(Path(trial["model_path"]))
+    assert torch.equal(exported, pretrained)
+    assert "linear probe" in proc.stdout
+
+
+def test_simsiam_checkpoint_loads_in_one_line(trained_model):
+    (ckpt,) = (Path(trained_model["model_path"]) / "checkpoints").glob("*.ckpt")
+    model = SimSiam.load_from_checkpoint(ckpt, map_location="cpu")
+    assert model.settings.input_size == TINY_SETTINGS["input_size"] and model.settings.proj_dim == 64
+    z, p = model.eval()(torch.zeros(2, 3, 32, 32))
+    assert z.shape == p.shape == (2, 64)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("refine", "lora"), ("refine_epochs", 0), ("refine_holdout", 0.9), ("refine_lr", -1), ("refine_batch_size", 1)],
+)
+def test_bad_refine_settings_fail_before_anything_is_written(tiny_dataset, tmp_path, key, value):
+    proc = run_train(tiny_dataset, tmp_path, settings={key: value})
+    assert proc.returncode == 2 and key in proc.stderr and "Valid keys" in proc.stderr
+    assert not (tmp_path / "metric").exists()

@@ -1,0 +1,310 @@
+"""Refine: fine-tune the pretrained encoder and a new linear head on `valid`'s labels (LP-FT).
+
+The recipe follows the field's fine-tuning protocols for small label sets:
+- LP-FT (Kumar et al., ICLR 2022): the head starts from the linear probe fitted on the frozen features, then
+  encoder and head are trained together, so the first steps do not wreck the pretrained features with the
+  gradients of a random head.
+- SimCLR's semi-supervised recipe (Chen et al., 2020, Appendix B.5) and lightly's `FinetuneClassifier`: random
+  resized crop + horizontal flip only, SGD with (Nesterov) momentum 0.9, lr = base x batch / 256, cosine decay,
+  no warm-up, no weight decay; BatchNorm in train mode. Backbone and head have their own base lr.
+
+The accuracy is honest: `refine()` first runs the recipe on a stratified part of `valid` and scores the rest,
+which it never trained on and never used to choose anything (no early stopping, fixed epochs); then it runs the
+same recipe, for the same number of epochs, on all of `valid` and returns that model for export.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms.v2 import functional as TF
+
+from dataset.cache import ImageCache
+from dataset.reader import EvalImages, Skipped, collate_eval
+from evaluation.features import run_frozen
+from evaluation.probe import fit_head
+from export.torchscript import Classifier
+from handler.eval_preset import EvalPreset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RefineRecipe:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.05  # backbone base lr; used lr = lr x batch / 256
+    head_lr: float = 0.05  # head base lr
+    momentum: float = 0.9
+    min_scale: float = 0.2  # RandomResizedCrop lower bound
+    time_budget_s: float = 0.0  # the whole stage (held-out run + final run); 0 = epochs only
+    holdout: float = 0.2  # share of each class held out for the accuracy
+    precision: str = "32-true"  # "bf16-mixed" / "16-mixed": autocast, as in pretraining
+    num_workers: int = 2
+    seed: int = 0
+
+
+@dataclass
+class RefineResult:
+    encoder: nn.Module  # refined on all of valid
+    head: nn.Linear
+    acc: float  # accuracy of the same recipe on the held-out images
+    held_out: list[int]  # indices into the labels given
+    predictions: list[int]  # the held-out run's class for each of held_out
+    epochs: int
+    fit_time_s: float  # both runs
+    curve: list[dict] = field(default_factory=list)  # per epoch: run, epoch, loss, train_acc (+ held_out_acc)
+
+
+class RefineImages(ImageCache):
+    """Labelled images for fine-tuning: `__getitems__(indices)` -> (x float Nx3xSxS normalised, y long N).
+
+    Augmentation: random resized crop + horizontal flip only (SimCLR's fine-tuning recipe)."""
+
+    def __init__(
+        self,
+        paths: list[Path],
+        labels: list[int],
+        preset: EvalPreset,
+        min_scale: float,
+        cache_mb: int,
+        skipped: Skipped,
+        threads: int = 4,
+    ) -> None:
+        super().__init__(paths, 2 * preset.input_size, cache_mb, skipped, threads, what="valid")
+        self.labels = torch.tensor([labels[i] for i in self.kept])
+        self.size = preset.input_size
+        self.scale = (min_scale, 1.0)
+        self.mean = torch.tensor(preset.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(preset.std).view(1, 3, 1, 1)
+
+    def subset(self, indices: list[int]) -> RefineImages:
+        """The same images and labels restricted to `indices` (no decoding)."""
+        sub = object.__new__(RefineImages)
+        sub.__dict__.update(self.__dict__)
+        sub.items = [self.items[i] for i in indices]
+        sub.kept = [self.kept[i] for i in indices]
+        sub.labels = self.labels[indices]
+        return sub
+
+    def _crop(self, image: torch.Tensor) -> torch.Tensor:
+        top, left, h, w = RandomResizedCrop.get_params(image, self.scale, (3 / 4, 4 / 3))
+        crop = TF.resized_crop(image, top, left, h, w, [self.size, self.size], antialias=True)
+        return crop.flip(-1) if torch.rand(()) < 0.5 else crop
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.stack([self._crop(self.pixels(i)) for i in indices]).float().div_(255)
+        return (x - self.mean) / self.std, self.labels[indices]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
+
+
+def _as_built(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch  # __getitems__ already built the batch
+
+
+def stratified_holdout(labels: list[int], share: float, seed: int) -> tuple[list[int], list[int]]:
+    """(fit, held_out) indices: `share` of each class held out, at least 1 where a class has 2 or more images,
+    none where it has 1 (every class stays in the fit part, so the refined head knows it)."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(labels)
+    fit, held = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_held = 0 if len(idx) < 2 else min(len(idx) - 1, max(1, round(share * len(idx))))
+        held += idx[:n_held].tolist()
+        fit += idx[n_held:].tolist()
+    return sorted(fit), sorted(held)
+
+
+def _autocast(precision: str, device: torch.device):
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def finetune(
+    encoder: nn.Module,
+    head: nn.Linear,
+    data: RefineImages,
+    recipe: RefineRecipe,
+    device: torch.device,
+    epochs: int,
+    time_budget_s: float = 0.0,
+    on_epoch: Callable[[int, float, float, float], None] | None = None,
+) -> int:
+    """Train encoder + head in place on `data` for `epochs` (or until `time_budget_s`, if > 0, whichever ends
+    first; the cosine schedule follows whichever ends first). Returns the epochs completed.
+    on_epoch(epoch, mean loss, train accuracy, progress in [0, 1]) after each epoch."""
+    batch = max(2, min(recipe.batch_size, len(data)))  # BatchNorm needs 2 samples per batch
+    loader = DataLoader(
+        data,
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=recipe.num_workers,
+        persistent_workers=recipe.num_workers > 0,
+        collate_fn=_as_built,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(recipe.seed),
+    )
+    model = Classifier(encoder, head).to(device, memory_format=torch.channels_last).train()
+    scale = batch / 256
+    optimizer = torch.optim.SGD(
+        [
+            {"params": encoder.parameters(), "lr": recipe.lr * scale, "peak": recipe.lr * scale},
+            {"params": head.parameters(), "lr": recipe.head_lr * scale, "peak": recipe.head_lr * scale},
+        ],
+        momentum=recipe.momentum,
+        nesterov=True,
+        weight_decay=0.0,
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=recipe.precision == "16-mixed")
+    criterion = nn.CrossEntropyLoss()
+    total_steps = max(1, epochs * len(loader))
+    start, step, done = time.monotonic(), 0, 0
+    for epoch in range(epochs):
+        loss_sum, correct, seen = 0.0, 0, 0
+        for x, y in loader:
+            progress = step / total_steps
+            if time_budget_s > 0:
+                progress = max(progress, (time.monotonic() - start) / time_budget_s)
+            for group in optimizer.param_groups:
+                group["lr"] = group["peak"] * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
+            with _autocast(recipe.precision, device):
+                logits = model(x)
+                loss = criterion(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+        done = epoch + 1
+        progress = done / epochs
+        if time_budget_s > 0:
+            progress = max(progress, (time.monotonic() - start) / time_budget_s)
+        if on_epoch is not None:
+            on_epoch(done, loss_sum / max(1, seen), correct / max(1, seen), min(1.0, progress))
+        if progress >= 1:
+            break
+    model.eval()
+    return done
+
+
+def predict(encoder: nn.Module, head: nn.Linear, paths: list[Path], preset: EvalPreset, device: torch.device) -> list:
+    """Top-1 class per path with the eval preset (what client_test.py and the server do)."""
+    logits, kept, _ = run_frozen(Classifier(encoder, head), paths, preset, device)
+    pred = [-1] * len(paths)
+    for i, k in zip(kept, logits.argmax(1).tolist() if len(kept) else []):
+        pred[i] = k
+    return pred
+
+
+def recalibrate_batchnorm(
+    encoder: nn.Module, paths: list[Path], preset: EvalPreset, device: torch.device, batch_size: int = 64
+) -> None:
+    """Re-estimate every BatchNorm's running statistics on `paths` (eval preset, no labels, no gradient).
+
+    Fine-tuning runs BatchNorm in train mode (batch statistics), while the linear probe that starts the head is
+    fitted on eval-mode features (running statistics). Where the two differ -- always for a random encoder, whose
+    running statistics are still (0, 1) -- the probe's head meets features of another scale and the first steps
+    blow up (cross-entropy in the thousands). With the running statistics taken from these very images (precise
+    BN, Wu & Johnson 2021; AdaBN, Li et al. 2016) both modes see the same features.
+    """
+    norms = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over all batches, not an exponential one
+    loader = DataLoader(EvalImages(paths, preset), batch_size=batch_size, collate_fn=collate_eval)
+    was_training = encoder.training
+    encoder.train()
+    with torch.no_grad():
+        for x, _, _ in loader:
+            if x is not None and len(x) > 1:
+                encoder(x.to(device).contiguous(memory_format=torch.channels_last))
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    encoder.train(was_training)
+
+
+def _lp_head(
+    encoder: nn.Module, paths: list[Path], labels: list[int], n_classes: int, preset: EvalPreset, device: torch.device
+) -> nn.Linear:
+    """LP-FT's first step: BatchNorm statistics and the linear probe from the images the run trains on."""
+    recalibrate_batchnorm(encoder, paths, preset, device)
+    features, kept, _ = run_frozen(encoder, paths, preset, device)
+    return fit_head(features, [labels[i] for i in kept], n_classes)
+
+
+def refine(
+    encoder: nn.Module,
+    paths: list[Path],
+    labels: list[int],
+    n_classes: int,
+    preset: EvalPreset,
+    recipe: RefineRecipe,
+    device: torch.device,
+    cache_mb: int,
+    skipped: Skipped,
+) -> RefineResult:
+    """LP-FT on `valid` (paths with labels: N ints). `encoder` is refined in place and returned.
+
+    1. held-out run: on a copy of the encoder and the fit part (1 - holdout of each class): BatchNorm statistics
+       and a probe head from the fit part, fine-tune, score the held-out part, which nothing has seen;
+    2. final run: the same on all of valid, for the epochs the held-out run made.
+    Returns the final model and the held-out run's accuracy.
+    """
+    t0 = time.monotonic()
+    images = RefineImages(paths, labels, preset, recipe.min_scale, cache_mb, skipped)
+    if len(images) < len(paths):  # changed on disk since they were listed: drop them
+        paths = [paths[i] for i in images.kept]
+        labels = [labels[i] for i in images.kept]
+    fit, held = stratified_holdout(labels, recipe.holdout, recipe.seed)
+    curve: list[dict] = []
+    # The budget splits in proportion to the images each run trains on, so both runs get about the same epochs.
+    held_budget = recipe.time_budget_s * len(fit) / (len(fit) + len(labels)) if recipe.time_budget_s > 0 else 0.0
+
+    enc = copy.deepcopy(encoder)
+    head = _lp_head(enc, [paths[i] for i in fit], [labels[i] for i in fit], n_classes, preset, device)
+    held_paths, held_y = [paths[i] for i in held], np.asarray([labels[i] for i in held])
+    next_look = [0.1]  # the held-out accuracy is drawn ~10 times a run (a picture; nothing is chosen on it)
+    last: dict[str, list[int]] = {}  # the held-out predictions of the newest look; the last epoch always looks
+
+    def held_out_epoch(epoch: int, loss: float, train_acc: float, progress: float) -> None:
+        row = {"run": "held-out", "epoch": epoch, "loss": round(loss, 4), "train_acc": round(train_acc, 4)}
+        if progress >= next_look[0] or progress >= 1:
+            next_look[0] = progress + 0.1
+            last["predictions"] = predict(enc, head, held_paths, preset, device)
+            row["held_out_acc"] = round(float((np.asarray(last["predictions"]) == held_y).mean()), 4)
+            enc.train()
+        curve.append(row)
+        log.info("refine (held-out run) epoch %d: %s", epoch, row)
+
+    epochs = finetune(enc, head, images.subset(fit), recipe, device, recipe.epochs, held_budget, held_out_epoch)
+    predictions = last["predictions"]
+    acc = float((np.asarray(predictions) == held_y).mean())
+
+    def final_epoch(epoch: int, loss: float, train_acc: float, progress: float) -> None:
+        curve.append({"run": "final", "epoch": epoch, "loss": round(loss, 4), "train_acc": round(train_acc, 4)})
+
+    head = _lp_head(encoder, paths, labels, n_classes, preset, device)
+    finetune(encoder, head, images, recipe, device, epochs, 0.0, final_epoch)
+    return RefineResult(encoder, head, acc, held, predictions, epochs, time.monotonic() - t0, curve)
