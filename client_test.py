@@ -49,16 +49,16 @@ def main(args: argparse.Namespace) -> int:
 
     from dataset.reader import DatasetError
     from evaluation.scoring import TestJob, format_summary, run
-    from jobs.device import resolve_device
+    from jobs.device import DeviceError, resolve_device
     from jobs.outputs import OutputError
 
     try:
         device = resolve_device(args.device)
         trial, evaluation = run(TestJob(dataset, model, device, Path(args.runs_dir)))
-    except (DatasetError, ModelFolderError, OutputError, ValueError) as e:
+    except (DatasetError, ModelFolderError, OutputError, DeviceError) as e:  # the user's to fix: exit 2
         log.error("%s", e)
         return 2
-    except BaseException as e:  # Ctrl-C or a full disk: a clear message and exit code; a bug re-raises
+    except BaseException as e:  # Ctrl-C or a full disk: a clear message and exit code; a bug re-raises (exit 1)
         return job_failure(e, Path(args.runs_dir), "output folder", log)
     print()
     print(format_summary(evaluation))

@@ -71,8 +71,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
     from dataset.reader import DatasetError
-    from jobs.device import resolve_device
-    from jobs.outputs import OutputError
+    from jobs.device import DeviceError, resolve_device
+    from jobs.outputs import OutputError, ResumeError
     from training.train import TrainJob, run
 
     # A platform stops jobs with SIGTERM: unwind like Ctrl-C so the staging folder is removed and trial.txt
@@ -81,10 +81,11 @@ def main(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
         trial = run(TrainJob(dataset, device, args.trial_name, settings, Path(args.runs_dir), STARTED))
-    except (DatasetError, OutputError, FileNotFoundError, ValueError) as e:
+    except (DatasetError, OutputError, ResumeError, DeviceError) as e:  # the user's to fix: one line, exit 2
         log.error("%s", e)
         return 2
-    except BaseException as e:  # Ctrl-C or a full disk: a clear message and exit code; a bug re-raises
+    except BaseException as e:  # Ctrl-C or a full disk: a clear message and exit code; anything else is a bug
+        # and re-raises with its traceback (exit 1); a failure after pretraining kept the checkpoint (training/train.py)
         return job_failure(e, Path(args.runs_dir), "model folder", log)
     if not trial:
         return 0  # a DDP worker: rank 0 reports

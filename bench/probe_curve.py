@@ -63,7 +63,9 @@ def main() -> None:
     while step < a.steps:
         for x0, x1 in loader:
             # The product's schedule: cosine decay of the encoder lr over --steps, fixed predictor lr.
-            optimizer.param_groups[0]["lr"] = cosine_lr(model.peak_lr, step / a.steps)
+            for group in optimizer.param_groups:
+                if not group["fixed_lr"]:
+                    group["lr"] = cosine_lr(model.peak_lr, step / a.steps)
             model.train()
             with autocast:
                 loss, _, _ = model.loss(x0, x1)

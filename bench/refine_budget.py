@@ -71,9 +71,12 @@ def dataset_root(name: str, valid_per_class: int | None) -> Path:
 
 
 def _run(cmd: list[str], runs: Path) -> None:
-    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "SIMSIAM_RUNS_DIR": str(runs)}, text=True)
+    """Run a client; its log (progress bars included) goes to runs/<client>.log, shown only if it fails."""
+    log = runs / f"{Path(cmd[1]).stem}.log"
+    with open(log, "w") as out:
+        proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "SIMSIAM_RUNS_DIR": str(runs)}, stdout=out, stderr=out)
     if proc.returncode != 0:
-        raise SystemExit(f"{cmd[1]} failed ({proc.returncode})")
+        raise SystemExit(f"{cmd[1]} failed ({proc.returncode}):\n{log.read_text()[-3000:]}")
 
 
 def product(dataset: Path, settings: dict, runs: Path) -> tuple[Path, dict, float]:

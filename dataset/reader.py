@@ -163,27 +163,29 @@ def read_unlabelled(dataset: Path) -> list[Path]:
     return paths
 
 
-def decode_all(paths: list[Path], min_side: int, skipped: Skipped, threads: int = 4) -> list:
-    """Decode every path (reduced JPEG decode with min_side); unreadable ones are None and logged.
+def readable(paths: list[Path], min_side: int, skipped: Skipped, threads: int = 4) -> list[bool]:
+    """Whether each path decodes (reduced JPEG decode with min_side); unreadable ones are logged in `skipped`.
 
-    Threads overlap well here: PIL releases the GIL while decoding.
+    Streaming: at most ~threads*4 images are decoded at once and none is kept, so a `valid` split of thousands of
+    12-Mpx images costs a few decoded images of memory, not all of them. Threads overlap well here: PIL releases
+    the GIL while decoding.
     """
 
-    def one(p: Path):
+    def one(p: Path) -> str | None:
         try:
-            return decode_image(p, min_side=min_side)
+            decode_image(p, min_side=min_side)
+            return None
         except ImageDecodeError as e:
-            return e
+            return str(e)
 
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        results = list(pool.map(one, paths))
     out = []
-    for p, r in zip(paths, results):
-        if isinstance(r, ImageDecodeError):
-            skipped.add(str(p), str(r))
-            out.append(None)
-        else:
-            out.append(r)
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for start in range(0, len(paths), 64):
+            chunk = paths[start : start + 64]
+            for p, err in zip(chunk, pool.map(one, chunk)):
+                if err is not None:
+                    skipped.add(str(p), err)
+                out.append(err is None)
     return out
 
 

@@ -33,6 +33,10 @@ NO_ROOM = {
 }
 
 
+class ResumeError(ValueError):
+    """`resume` names no checkpoint to continue from; the message says what to pass instead."""
+
+
 class OutputError(OSError):
     """The runs directory cannot be written; the message names it and the fix."""
 
@@ -123,11 +127,20 @@ class RunFolder:
         self._unlock()
 
     def keep_for_resume(self) -> Path | None:
-        """After an interruption: keep the last checkpoint as `.interrupted-<uuid>` (a dot-folder, which trial.txt
-        never points at) for `resume: "last"`; without a checkpoint there is nothing worth keeping."""
+        """After an interruption or a failure after pretraining: keep the checkpoints, and nothing else (a model.pt
+        cut short by a full disk, logs), as `.interrupted-<uuid>` (a dot-folder, which trial.txt never points at)
+        for `resume: "last"`; without a checkpoint there is nothing worth keeping."""
         if not newest_checkpoint(self.path):
             self.discard()
             return None
+        for entry in self.path.iterdir():
+            if entry.name == "checkpoints":
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
         kept = self.path.with_name(f".interrupted-{self.id}")
         os.replace(self.path, kept)
         self._unlock()
@@ -229,11 +242,11 @@ def find_resume_checkpoint(runs_dir: Path, resume: str) -> Path | None:
     if resume != "last":
         path = Path(resume).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"advance_settings resume={resume!r}: no such checkpoint file")
+            raise ResumeError(f"advance_settings resume={resume!r}: no such checkpoint file")
         return path
     found = [c for d in (runs_dir / "models").glob(".interrupted-*") if (c := newest_checkpoint(d))]
     if not found:
-        raise FileNotFoundError(
+        raise ResumeError(
             f"advance_settings resume='last': no interrupted run under {runs_dir / 'models'}; "
             "drop resume or pass the path of a .ckpt file"
         )

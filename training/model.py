@@ -16,6 +16,7 @@ import torch
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
 from lightly.utils.debug import std_of_l2_normalized
+from pytorch_lightning.callbacks import Timer
 
 from training.backbone import build_backbone
 from training.settings import Settings
@@ -95,19 +96,28 @@ class SimSiam(pl.LightningModule):
                 batch_size=x0.shape[0],
             )
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x0.shape[0])
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        encoder_lr = next(g["lr"] for g in self.optimizers().param_groups if g["name"] == "encoder")
+        self.log("lr", encoder_lr, on_step=True, on_epoch=False)
         return loss
 
     def on_fit_start(self) -> None:
         self._fit_start = time.monotonic()
+
+    def elapsed_s(self) -> float:
+        """Training seconds so far, across resumes: Lightning's Timer (there whenever max_time is set) restores
+        the time of the interrupted run from the checkpoint; without one, the time since this fit started."""
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        return timer.time_elapsed("train") if timer is not None else time.monotonic() - self._fit_start
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Cosine decay of the encoder lr (paper Sec. 4). With a wall-clock budget the schedule follows
         # whichever ends first, so a CPU run stopped by the budget still ends at a low lr.
         progress = self.global_step / self.total_steps
         if self.settings.time_budget_s > 0:
-            progress = max(progress, (time.monotonic() - self._fit_start) / self.settings.time_budget_s)
-        self.optimizers().param_groups[0]["lr"] = cosine_lr(self.peak_lr, progress)
+            progress = max(progress, self.elapsed_s() / self.settings.time_budget_s)
+        for group in self.optimizers().param_groups:
+            if not group["fixed_lr"]:
+                group["lr"] = cosine_lr(self.peak_lr, progress)
 
     def on_train_epoch_end(self) -> None:
         z_std = sum(self._z_std) / max(1, len(self._z_std))
@@ -126,8 +136,13 @@ class SimSiam(pl.LightningModule):
         # Paper Sec. 4 / Table 1: the predictor keeps a fixed lr (no decay) -- it works better.
         return torch.optim.SGD(
             [
-                {"params": encoder, "lr": self.peak_lr},
-                {"params": self.prediction_head.parameters(), "lr": self.peak_lr},
+                {"params": encoder, "lr": self.peak_lr, "name": "encoder", "fixed_lr": False},
+                {
+                    "params": self.prediction_head.parameters(),
+                    "lr": self.peak_lr,
+                    "name": "predictor",
+                    "fixed_lr": True,
+                },
             ],
             lr=self.peak_lr,
             momentum=s.momentum,

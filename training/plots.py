@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt
 def read_epoch_metrics(metrics_csv: Path) -> dict[str, list[float]]:
     """Lightning CSVLogger rows -> per-epoch series (train_loss_epoch, z_std, f_erank)."""
     series: dict[str, dict[int, float]] = {"train_loss_epoch": {}, "z_std": {}, "f_erank": {}}
+    if not metrics_csv.is_file():  # a run resumed after its pretraining had finished logs no pretraining epoch
+        return {k: [] for k in series}
     with open(metrics_csv, newline="") as f:
         for row in csv.DictReader(f):
             for key in series:

@@ -53,8 +53,8 @@ class Settings:
     refine: str = "finetune"  # "finetune": LP-FT of encoder + head on valid (exported); "probe": frozen encoder
     refine_epochs: int = 30  # fine-tuning epochs over valid (SimCLR: 30 for 10 % labels, 60 for 1 %)
     refine_batch_size: int = 64
-    refine_lr: float = 0.05  # backbone base lr for fine-tuning; used lr = refine_lr x batch / 256
-    refine_head_lr: float = 0.05  # head base lr (the head starts from the linear probe)
+    refine_lr: float = 0.2  # fine-tuning backbone base lr; used lr = refine_lr x batch / 256 (bench/refine_recipe.py)
+    refine_head_lr: float = 0.2  # head base lr (the head starts from the linear probe)
     refine_holdout: float = 0.2  # share of each valid class held out for the refined accuracy (metric_value)
     refine_time_budget_s: float = 0.0  # wall-clock cap on the refine stage's training (0 = none)
     knn_k: int = 20  # neighbours for the logged kNN accuracy
@@ -97,8 +97,8 @@ _CHECKS: dict[str, tuple[type, Any, str]] = {
     "refine": (str, lambda v: v in REFINES, f"one of {', '.join(REFINES)}"),
     "refine_epochs": (int, lambda v: 1 <= v <= 10_000, "an integer >= 1"),
     "refine_batch_size": (int, lambda v: 2 <= v <= 65_536, "an integer >= 2 (BatchNorm needs 2 samples)"),
-    "refine_lr": (float, lambda v: 0 <= v <= 10, "a number >= 0, e.g. 0.05 (0 freezes the backbone)"),
-    "refine_head_lr": (float, lambda v: 0 <= v <= 10, "a number >= 0, e.g. 0.05"),
+    "refine_lr": (float, lambda v: 0 <= v <= 10, "a number >= 0, e.g. 0.2 (0 freezes the backbone)"),
+    "refine_head_lr": (float, lambda v: 0 <= v <= 10, "a number >= 0, e.g. 0.2"),
     "refine_holdout": (float, lambda v: 0.05 <= v <= 0.5, "a share from 0.05 to 0.5, e.g. 0.2"),
     "refine_time_budget_s": (float, lambda v: v >= 0, "seconds >= 0 (0 = no budget)"),
     "devices": (int, lambda v: 1 <= v <= 1024, "an integer >= 1"),

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ from pytorch_lightning.loggers import CSVLogger
 from sklearn.metrics import confusion_matrix
 from torch import nn
 
-from dataset.reader import DatasetError, LabelledSplit, Skipped, decode_all, read_labelled, read_unlabelled
+from dataset.reader import DatasetError, LabelledSplit, Skipped, read_labelled, read_unlabelled, readable
 from evaluation.confusion_plot import plot_confusion_matrix
 from evaluation.features import run_frozen
 from evaluation.probe import ProbeResult, linear_probe
@@ -64,8 +65,9 @@ def run(job: TrainJob) -> dict:
         with tempfile.TemporaryDirectory(prefix="simsiam-rank-") as scratch:
             return _train_and_export(job, None, Path(scratch), *prepare_data(job), t0)
     run_dir = RunFolder(job.runs_dir)  # an unwritable runs dir fails here, before any work
+    done: list[str] = []  # the phases that finished
     try:
-        return _train_and_export(job, run_dir, run_dir.path, *prepare_data(job), t0)
+        return _train_and_export(job, run_dir, run_dir.path, *prepare_data(job), t0, done)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM (Lightning turns them into SystemExit)
         kept = run_dir.keep_for_resume()
         if kept:
@@ -73,8 +75,20 @@ def run(job: TrainJob) -> dict:
                 "interrupted; the last checkpoint is kept in %s: resume with advance_settings resume='last'", kept
             )
         raise
-    except BaseException:
-        run_dir.discard()
+    except BaseException as e:
+        # Hours of pretraining are never thrown away for a failure after it (probe, refine, export, archiver,
+        # a plot, a full disk): its checkpoint is kept, and resume='last' goes straight to the downstream phase.
+        kept = run_dir.keep_for_resume() if "pretrain" in done else None
+        if kept is None:
+            run_dir.discard()
+        else:
+            log.error(
+                "the run failed after pretraining (%s: %s); the pretrained checkpoint is kept in %s: once the cause "
+                "is fixed, finish the run with advance_settings resume='last' (pretraining will not run again)",
+                type(e).__name__,
+                e,
+                kept,
+            )
         raise
 
 
@@ -85,9 +99,7 @@ def prepare_data(job: TrainJob) -> tuple[PretrainImages, LabelledSplit, EvalPres
     skipped = Skipped()
     threads = min(8, os.cpu_count() or 1)
     valid = read_labelled(job.dataset, "valid")
-    readable = decode_all(valid.paths, preset.resize_size, skipped, threads)
-    keep = [i for i, im in enumerate(readable) if im is not None]
-    del readable
+    keep = [i for i, ok in enumerate(readable(valid.paths, preset.resize_size, skipped, threads)) if ok]
     valid.paths = [valid.paths[i] for i in keep]
     valid.labels = [valid.labels[i] for i in keep]
     if len(set(valid.labels)) < 2:
@@ -98,9 +110,21 @@ def prepare_data(job: TrainJob) -> tuple[PretrainImages, LabelledSplit, EvalPres
     valid.classes = [valid.classes[c] for c in present]
     relabel = {old: new for new, old in enumerate(present)}
     valid.labels = [relabel[y] for y in valid.labels]
+    check_downstream_inputs(valid)
 
     train_set = PretrainImages(read_unlabelled(job.dataset), s.input_size, augment_for(s), s.cache_mb, skipped, threads)
     return train_set, valid, preset, skipped
+
+
+def check_downstream_inputs(valid: LabelledSplit) -> None:
+    """What the downstream phase needs of `valid`, checked before the first training step: the probe's k folds
+    and refine's held-out part need 2 images in some class (a class of 1 image stays in the training part)."""
+    counts = Counter(valid.labels)
+    if max(counts.values()) < 2:
+        raise DatasetError(
+            f"{valid.root} has only 1 readable image per class; the held-out accuracy needs at least 2 images in "
+            "some class (5 or more per class recommended): add labelled images"
+        )
 
 
 def global_rank(s: Settings) -> int:
@@ -121,8 +145,11 @@ def _train_and_export(
     preset: EvalPreset,
     skipped: Skipped,
     t0: float,
+    done: list[str] | None = None,
 ) -> dict:
     pretrained = pretrain(job, work, train_set)
+    if done is not None:
+        done.append("pretrain")
     if run_dir is None or not pretrained.trainer.is_global_zero:
         return {}  # the refine stage and the export run once, on rank 0 (see README, "DDP")
     t_valid = time.monotonic()
@@ -145,20 +172,12 @@ class Pretrained:
 def pretrain(job: TrainJob, work: Path, train_set: PretrainImages) -> Pretrained:
     """SimSiam on the unlabelled train images (Lightning: checkpoints, CSV log, AMP, DDP)."""
     s = job.settings
-    on_gpu = job.device.type == "cuda"
-    batch = min(s.batch_size, len(train_set))
-    loader = pretrain_loader(train_set, batch, s.num_workers, pin_memory=on_gpu)
     world = s.devices * s.num_nodes
+    batch = per_rank_batch(s, len(train_set))
+    loader = pretrain_loader(train_set, batch, s.num_workers, pin_memory=job.device.type == "cuda")
     model = SimSiam(s, steps_per_epoch=len(loader) // world or 1, global_batch=batch * world)
     trainer = pl.Trainer(
-        accelerator="gpu" if on_gpu else "cpu",
-        devices=[job.device.index or 0] if on_gpu and s.devices == 1 else s.devices,
-        num_nodes=s.num_nodes,
-        strategy=s.strategy,
-        # SimSiam's BN statistics must span all devices; torch's SyncBatchNorm exists for CUDA only, so CPU
-        # (gloo) DDP keeps per-process BN -- fine for tests, not a way to train at scale.
-        sync_batchnorm=s.strategy.startswith("ddp") and on_gpu,
-        precision=resolve_precision(s.precision, job.device),
+        **device_args(s, job.device),
         max_epochs=s.epochs,
         max_time=timedelta(seconds=s.time_budget_s) if s.time_budget_s > 0 else None,
         logger=CSVLogger(save_dir=str(work), name="logs", version=""),
@@ -175,9 +194,43 @@ def pretrain(job: TrainJob, work: Path, train_set: PretrainImages) -> Pretrained
     t_train = time.monotonic()
     trainer.fit(model, loader, ckpt_path=str(resume) if resume else None)
     train_time = time.monotonic() - t_train
+    if trainer.global_step == 0:  # Lightning only warns; a random encoder must not be exported as trained
+        raise DatasetError(
+            f"pretraining made no optimiser step ({len(train_set)} train images, batch {batch} on {world} "
+            "process(es)): add train images, or lower batch_size or devices"
+        )
     images_per_s = trainer.global_step * batch * world / max(train_time, 1e-9)
     log.info("pretraining: %d steps in %.1f s (%.1f images/s)", trainer.global_step, train_time, images_per_s)
     return Pretrained(model, trainer, train_time, images_per_s, len(train_set), resume)
+
+
+def per_rank_batch(s: Settings, n_images: int) -> int:
+    """The per-process batch: at most each rank's share of the train set (DDP splits it, and full batches only
+    are drawn), so every rank makes steps; a share under 2 images (BatchNorm) is an error before any training."""
+    world = s.devices * s.num_nodes
+    share = n_images // world
+    if share < 2:
+        raise DatasetError(
+            f"{n_images} train images over {world} training processes leave {share} per process; BatchNorm needs "
+            "at least 2: add train images or use fewer devices"
+        )
+    return min(s.batch_size, share)
+
+
+def device_args(s: Settings, device: torch.device) -> dict:
+    """The Trainer's accelerator, devices, strategy, SyncBatchNorm and precision for these settings."""
+    on_gpu = device.type == "cuda"
+    return {
+        "accelerator": "gpu" if on_gpu else "cpu",
+        "devices": [device.index or 0] if on_gpu and s.devices == 1 else s.devices,
+        "num_nodes": s.num_nodes,
+        "strategy": s.strategy,
+        # SimSiam's BN statistics must span every GPU process, whatever the strategy is called ("auto" with
+        # devices > 1 is DDP too). torch's SyncBatchNorm exists for CUDA only, so CPU (gloo) DDP keeps
+        # per-process BN -- fine for tests, not a way to train at scale.
+        "sync_batchnorm": on_gpu and s.devices * s.num_nodes > 1,
+        "precision": resolve_precision(s.precision, device),
+    }
 
 
 @dataclass

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset.reader import DatasetError, Skipped, decode_all, list_images, read_labelled, read_unlabelled
+from dataset.reader import DatasetError, Skipped, list_images, read_labelled, read_unlabelled, readable
 from handler.eval_preset import EvalPreset, ImageDecodeError, decode_image, load_for_eval
 
 
@@ -57,13 +57,13 @@ def test_unreadable_files_are_skipped_with_a_warning_naming_each(messy, caplog):
     paths = read_unlabelled(messy)
     skipped = Skipped()
     with caplog.at_level(logging.WARNING):
-        images = decode_all(paths, 32, skipped)
+        ok = readable(paths, 32, skipped)
     bad = {Path(p).name for p, _ in skipped.items}
     assert bad == {"zero.jpg", "corrupt.png", "truncated.jpg"}
     for name in bad:
         assert name in caplog.text
-    good = [im for im in images if im is not None]
-    assert len(good) == len(paths) - 3
+    assert sum(ok) == len(paths) - 3
+    good = [decode_image(p, min_side=32) for p, k in zip(paths, ok) if k]
     assert all(im.mode == "RGB" for im in good)
 
 
@@ -101,7 +101,7 @@ def test_formats_the_server_refuses_are_skipped_offline_too(tmp_path):
     with pytest.raises(ImageDecodeError, match="GIF format"):
         decode_image(gif)
     skipped = Skipped()
-    assert decode_all([gif, _save(tmp_path / "real.png")], 32, skipped)[0] is None
+    assert readable([gif, _save(tmp_path / "real.png")], 32, skipped) == [False, True]
     assert [Path(p).name for p, _ in skipped.items] == ["animated.png"]
 
 
