@@ -61,7 +61,12 @@ def start_train(dataset: Path, runs: Path, trial_name: str, settings: dict) -> s
 
 
 def output(proc: subprocess.Popen, timeout: float = 300) -> str:
-    proc.wait(timeout)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # never leave a training job running after its test
+        proc.wait()
+        pytest.fail(f"the job did not end within {timeout} s:\n{proc.log.read_text(errors='replace')[-3000:]}")
     return proc.log.read_text(errors="replace")  # type: ignore[attr-defined]
 
 

@@ -1,0 +1,24 @@
+"""bench/compare_model.py, the demo's last word on what self-supervision added, on the session's tiny model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+
+def test_compare_model_prints_the_three_classifiers(tiny_dataset: Path, trained_model: dict) -> None:
+    cmd = [sys.executable, "-m", "bench.compare_model", "--dataset_path", str(tiny_dataset)]
+    proc = subprocess.run(
+        [*cmd, "--model_path", trained_model["model_path"]], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Fixed columns: name (44), valid held out (17), test (8).
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("SimSiam + ", "supervised from scratch"))]
+    assert len(lines) == 3, proc.stdout
+    rows = {ln[:44].strip(): (float(ln[44:61]), float(ln[61:69])) for ln in lines}
+    assert all(0 <= valid <= 1 and 0 <= test <= 1 for valid, test in rows.values())
+    assert rows["SimSiam + finetune (this model)"][0] == trained_model["metric_value"]
+    assert "self-supervision added (test)" in proc.stdout
