@@ -10,7 +10,7 @@ PY=.venv/bin/python
 DATA=${DEMO_DATASET:-runs/demo_dataset}
 DEVICE=${DEVICE:-cpu}
 RUNS=${SIMSIAM_RUNS_DIR:-runs}  # where client_train.py and client_test.py write (jobs/outputs.py)
-# Sized for 2 CPU cores and ~3 minutes of pretraining; on a GPU use the defaults (see README).
+# Sized for 2 CPU cores and under 8 minutes in all (a fresh clone: 7 min 39 s); on a GPU use the defaults (README).
 # Strong hue jitter and grey: the demo's colours are random, so colour must not be what the views agree on.
 # min_scale 0.5: the demo's patterns are a few pixels at 64 px; 0.2-crops upsampled 2-3x changed their scale too
 # much (valid probe 0.26 vs 0.22-0.23 with 0.2, two seeds each).
