@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -63,7 +64,7 @@ def run(job: TrainJob) -> dict:
     if global_rank(job.settings) != 0:
         # DDP workers (torchrun, SLURM, Lightning's launcher) train but write nothing: rank 0 owns the outputs.
         with tempfile.TemporaryDirectory(prefix="simsiam-rank-") as scratch:
-            return _train_and_export(job, None, Path(scratch), *prepare_data(job), t0)
+            return _train_and_export(job, None, Path(scratch), *prepare_data(job, with_valid=False), t0)
     run_dir = RunFolder(job.runs_dir)  # an unwritable runs dir fails here, before any work
     done: list[str] = []  # the phases that finished
     try:
@@ -92,12 +93,18 @@ def run(job: TrainJob) -> dict:
         raise
 
 
-def prepare_data(job: TrainJob) -> tuple[PretrainImages, LabelledSplit, EvalPreset, Skipped]:
-    """Check `valid` first (cheap, fails fast), then decode and cache the train images."""
+def prepare_data(
+    job: TrainJob, with_valid: bool = True
+) -> tuple[PretrainImages, LabelledSplit | None, EvalPreset, Skipped]:
+    """Check `valid` first (cheap, fails fast), then decode and cache the train images. Only rank 0 uses `valid`
+    (with_valid=False elsewhere): the other DDP processes never read it."""
     s = job.settings
     preset = EvalPreset(input_size=s.input_size)
     skipped = Skipped()
     threads = min(8, os.cpu_count() or 1)
+    train_set = partial(PretrainImages, read_unlabelled(job.dataset), s.input_size, augment_for(s), s.cache_mb)
+    if not with_valid:
+        return train_set(skipped, threads), None, preset, skipped
     valid = read_labelled(job.dataset, "valid")
     keep = [i for i, ok in enumerate(readable(valid.paths, preset.resize_size, skipped, threads)) if ok]
     valid.paths = [valid.paths[i] for i in keep]
@@ -111,9 +118,7 @@ def prepare_data(job: TrainJob) -> tuple[PretrainImages, LabelledSplit, EvalPres
     relabel = {old: new for new, old in enumerate(present)}
     valid.labels = [relabel[y] for y in valid.labels]
     check_downstream_inputs(valid)
-
-    train_set = PretrainImages(read_unlabelled(job.dataset), s.input_size, augment_for(s), s.cache_mb, skipped, threads)
-    return train_set, valid, preset, skipped
+    return train_set(skipped, threads), valid, preset, skipped
 
 
 def check_downstream_inputs(valid: LabelledSplit) -> None:
@@ -141,7 +146,7 @@ def _train_and_export(
     run_dir: RunFolder | None,
     work: Path,
     train_set: PretrainImages,
-    valid: LabelledSplit,
+    valid: LabelledSplit | None,
     preset: EvalPreset,
     skipped: Skipped,
     t0: float,
@@ -152,6 +157,7 @@ def _train_and_export(
         done.append("pretrain")
     if run_dir is None or not pretrained.trainer.is_global_zero:
         return {}  # the refine stage and the export run once, on rank 0 (see README, "DDP")
+    assert valid is not None, "rank 0 reads valid"
     t_valid = time.monotonic()
     result = downstream(job, pretrained.model.backbone, valid, preset, skipped)
     valid_time = time.monotonic() - t_valid

@@ -3,11 +3,15 @@
 import json
 from pathlib import Path
 
+import pytest
 from conftest import TINY_SETTINGS, run_train
 
 
-def test_two_process_ddp_on_cpu_writes_one_model_folder(tiny_dataset, tmp_path):
-    settings = {**TINY_SETTINGS, "strategy": "ddp", "devices": 2, "batch_size": 8}
+# batch 16 over 18 train images: each rank gets 9, and a batch of 16 with drop_last gave every rank 0 steps (a
+# random encoder exported as trained) until the batch was capped at the rank's share.
+@pytest.mark.parametrize("batch_size", [8, 16])
+def test_two_process_ddp_on_cpu_writes_one_model_folder(tiny_dataset, tmp_path, batch_size):
+    settings = {**TINY_SETTINGS, "strategy": "ddp", "devices": 2, "batch_size": batch_size}
     proc = run_train(tiny_dataset, tmp_path, trial_name="ddp", settings=settings, device="cpu", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world_size: 2" in proc.stderr or "Initializing distributed: GLOBAL_RANK: 1" in proc.stderr
