@@ -173,3 +173,31 @@ def test_decompression_bomb_is_refused():
     Image.new("1", (9000, 9000)).save(buf, "PNG")  # 81 Mpx, a few KiB on disk
     with pytest.raises(ImageDecodeError, match="Mpx"):
         decode_image(buf.getvalue())
+
+
+def test_the_readability_check_keeps_no_decoded_image(monkeypatch, tmp_path):
+    """valid's check streams: however many images, only the few being decoded are alive at once (was: all of them,
+    hundreds of GB for thousands of 12-Mpx files)."""
+    import threading
+    import weakref
+
+    import dataset.reader as reader
+
+    class Decoded:  # stands in for a decoded PIL image
+        pass
+
+    alive: weakref.WeakSet = weakref.WeakSet()
+    most = [0]
+    lock = threading.Lock()
+
+    def fake_decode(path, min_side=None):
+        image = Decoded()
+        with lock:
+            alive.add(image)
+            most[0] = max(most[0], len(alive))
+        return image
+
+    monkeypatch.setattr(reader, "decode_image", fake_decode)
+    paths = [tmp_path / f"{i}.png" for i in range(300)]
+    assert reader.readable(paths, 32, Skipped(), threads=2) == [True] * 300
+    assert most[0] <= 4, f"{most[0]} decoded images alive at once"
