@@ -21,33 +21,17 @@ import resource
 import time
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from lightly.data import LightlyDataset
 from lightly.transforms import SimSiamTransform
 from torch import nn
 from torch.utils.data import DataLoader
 
+from bench.gpu_throughput import pipeline
 from dataset.demo import make_demo_dataset
-from dataset.reader import Skipped, read_unlabelled
 from jobs.device import auto_precision
-from training.augment import augment_for
 from training.model import SimSiam
-from training.pretrain_data import PretrainImages, pretrain_loader
 from training.settings import Settings
-
-
-class StepTimer(pl.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.t0, self.t1, self.steps = warmup, 0.0, 0.0, 0
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup:
-            self.t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.t1 = time.perf_counter()
-        self.steps = trainer.global_step - self.warmup
 
 
 def _model(s: Settings) -> SimSiam:
@@ -117,22 +101,9 @@ def lightly_reference(train_dir: Path, s: Settings, steps: int, warmup: int) -> 
 
 
 def product(dataset: Path, s: Settings, steps: int, warmup: int, precision: str) -> tuple[float, float]:
-    """(images/s, MiB of train images cached in memory)."""
-    data = PretrainImages(read_unlabelled(dataset), s.input_size, augment_for(s), s.cache_mb, Skipped())
-    loader = pretrain_loader(data, s.batch_size, s.num_workers)
-    timer = StepTimer(warmup)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=warmup + steps,
-        precision=precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
-    trainer.fit(_model(s), loader)
-    return timer.steps * s.batch_size / (timer.t1 - timer.t0), data.cached_bytes / 2**20
+    """(images/s, MiB of train images cached in memory): bench/gpu_throughput.py's pipeline on the CPU."""
+    measured = pipeline(dataset, s, torch.device("cpu"), precision, steps, warmup)
+    return measured.images_per_s, measured.cached_mib
 
 
 def main() -> None:

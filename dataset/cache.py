@@ -8,9 +8,11 @@ unreadable files before any training step.
 
 from __future__ import annotations
 
+import copy
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import torch
@@ -83,6 +85,14 @@ class ImageCache:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def subset(self, indices: list[int]) -> Self:
+        """The same cache restricted to `indices` (into the readable images): shares the pixels, decodes nothing."""
+        sub = copy.copy(self)
+        sub.items = [self.items[i] for i in indices]
+        sub.kept = [self.kept[i] for i in indices]
+        sub.cached_bytes = sum(item.nbytes for item in sub.items if isinstance(item, torch.Tensor))
+        return sub
 
     def pixels(self, i: int) -> torch.Tensor:
         """uint8 3xHxW, shorter side at most keep_side."""

@@ -38,10 +38,16 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def gpu_has_bf16(device: torch.device) -> bool:
+    """Ampere (compute capability 8.0) and later run bfloat16 on their tensor cores at fp16's speed."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def auto_precision(device: torch.device) -> str:
-    """Lightning precision for `precision: "auto"`: fp16 AMP on GPU, bf16 autocast on a CPU that has bf16 units."""
+    """Lightning precision for `precision: "auto"`. GPU: bf16 AMP on Ampere and later (fp32's range: no loss
+    scaling, no overflow), fp16 AMP with a loss scaler before. CPU: bf16 autocast where the CPU has bf16 units."""
     if device.type == "cuda":
-        return "16-mixed"
+        return "bf16-mixed" if gpu_has_bf16(device) else "16-mixed"
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
 
 

@@ -33,11 +33,11 @@ SPEC_TRIAL = {
 
 
 def run_client_test(
-    dataset: Path, model_path: str | Path, used_model: str, runs_dir: Path, timeout: int = 300
+    dataset: Path, model_path: str | Path, used_model: str, runs_dir: Path, timeout: int = 300, device: str = "cpu"
 ) -> subprocess.CompletedProcess:
     env = {**os.environ, "SIMSIAM_RUNS_DIR": str(runs_dir), "PYTHONIOENCODING": "utf-8"}
     cmd = [sys.executable, str(REPO / "client_test.py"), "--dataset_path", str(dataset), "--model_path"]
-    cmd += [str(model_path), "--used_model", used_model, "--device", "cpu"]
+    cmd += [str(model_path), "--used_model", used_model, "--device", device]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", timeout=timeout)
 
 
@@ -118,7 +118,9 @@ def test_offline_predictions_match_the_handler(evaluated: dict, trained_model: d
     mar = Path(trained_model["model_path"]) / f"{trained_model['gened_model_name']}.mar"
     with zipfile.ZipFile(mar) as z:
         z.extractall(tmp_path)
-    context = MockContext(model_pt_file="model.pt", model_dir=str(tmp_path), model_file=None)
+    # gpu_id=None: the handler on the CPU, as the offline scores were taken (the gpu tier compares CUDA with CPU,
+    # tests/test_gpu.py); MockContext's default puts it on cuda:0 wherever a GPU is present.
+    context = MockContext(model_pt_file="model.pt", model_dir=str(tmp_path), model_file=None, gpu_id=None)
     handler = SimSiamHandler()
     handler.initialize(context)
     rows = evaluated["evaluation"]["predictions"]

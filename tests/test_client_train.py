@@ -51,6 +51,9 @@ def test_trial_txt_matches_the_spec_key_for_key_and_type_for_type(trained_model)
     assert trial["model_params"]["epochs"] == 1 and trial["model_params"]["backbone"] == "resnet18"
     # No staging folder is left behind once the model folder is committed.
     assert [p.name for p in model_path.parent.iterdir() if p.name.startswith(".")] == []
+    # What the run used, for a user comparing speeds: on a CPU the augmentation runs in the loader workers.
+    pretraining = json.loads((model_path / "model_info.json").read_text())["pretraining"]
+    assert pretraining["augment_on"] == "workers" and pretraining["precision"] in ("bf16-mixed", "32-true")
 
 
 def _assert_nothing_written(runs: Path):

@@ -9,12 +9,18 @@ loader workers keep up without taking the cores the model needs (see bench/train
 
 One difference from torchvision's ColorJitter: the order of brightness/contrast/saturation/hue is
 drawn once per batch rather than per image.
+
+Two places to run it (setting `augment_on`): in the loader workers (`views`), or split in two on a GPU: the
+workers only crop uint8 pixels (`crops`) and the model finishes the views on the device after the transfer
+(`finish`, from SimSiam.on_after_batch_transfer), with every random parameter drawn there. A GPU step at 224 px
+takes a few ms; CPU workers jittering and blurring a batch of 256 take far longer (bench/gpu_throughput.py).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +31,26 @@ from handler.eval_preset import IMAGENET_MEAN, IMAGENET_STD
 from training.settings import Settings
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision rgb_to_grayscale's ITU-R 601 weights
+
+
+@dataclass(frozen=True)
+class ViewParams:
+    """The random choices of one batch of views (one row per view), drawn by `SimSiamAugment.draw`."""
+
+    flip: torch.Tensor  # bool
+    jitter: torch.Tensor  # bool: colour jitter on (cj_prob)
+    bright: torch.Tensor  # factors, used where jitter is on
+    contrast: torch.Tensor
+    sat: torch.Tensor
+    hue: torch.Tensor  # fraction of a turn
+    order: tuple[int, ...]  # the order of brightness (0), contrast (1), saturation (2), hue (3), once per batch
+    gray: torch.Tensor  # bool
+    blur: torch.Tensor  # bool
+    sigma: torch.Tensor  # blur sigma in pixels, used where blur is on
+
+    def to(self, device: torch.device | str) -> ViewParams:
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return ViewParams(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in moved.items()})
 
 
 @dataclass(frozen=True)
@@ -43,43 +69,66 @@ class SimSiamAugment:
 
     def views(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """images: uint8 3xHxW tensors of any sizes -> [view0, view1], each float32 Nx3xSxS, normalised."""
-        n = len(images)
-        crops = torch.stack([self._crop(im) for im in images] + [self._crop(im) for im in images])
+        return self.finish(self.crops(images))
+
+    def crops(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """The per-image part: two random resized crops per image -> uint8 2Nx3xSxS (all view 0s, then view 1s).
+        On a GPU this is all the loader workers do; `finish` runs on the device after the transfer."""
+        return torch.stack([self._crop(im) for im in images] + [self._crop(im) for im in images])
+
+    def finish(self, crops: torch.Tensor) -> list[torch.Tensor]:
+        """uint8 2Nx3xSxS crops from `crops`, on any device -> [view0, view1] augmented there."""
         x = self.augment(crops.float().div_(255))
-        return [x[:n], x[n:]]
+        return list(x.chunk(2))
 
     def _crop(self, image: torch.Tensor) -> torch.Tensor:
         top, left, h, w = RandomResizedCrop.get_params(image, (self.min_scale, 1.0), (3 / 4, 4 / 3))
         size = [self.input_size, self.input_size]
         return TF.resized_crop(image, top, left, h, w, size, antialias=True)
 
-    def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """x: float Nx3xSxS in [0, 1] (one crop per view) -> flipped, jittered, grey, blurred, normalised."""
-        n = x.shape[0]
-        flip = torch.rand(n) < self.hflip_prob
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        x = self._color_jitter(x, torch.rand(n) < self.cj_prob)
-        gray = torch.rand(n) < self.gray_prob
-        x = torch.where(gray[:, None, None, None], _grayscale(x).expand_as(x), x)
-        x = self._blur(x, torch.rand(n) < self.blur_prob)
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    def draw(self, n: int, device: torch.device | str = "cpu") -> ViewParams:
+        """Every random choice for n views, drawn on `device` (a GPU draws its own: no host round trip)."""
+
+        def rand() -> torch.Tensor:
+            return torch.rand(n, device=device)
+
+        def between(lo: float, hi: float) -> torch.Tensor:
+            return lo + (hi - lo) * rand()
+
+        flip = rand() < self.hflip_prob
+        jitter = rand() < self.cj_prob
+        # Factors are drawn before the order so that the random stream does not depend on it.
+        bright = between(max(0.0, 1 - self.cj_bright), 1 + self.cj_bright)
+        contrast = between(max(0.0, 1 - self.cj_contrast), 1 + self.cj_contrast)
+        sat = between(max(0.0, 1 - self.cj_sat), 1 + self.cj_sat)
+        hue = between(-self.cj_hue, self.cj_hue)
+        order = tuple(torch.randperm(4).tolist())  # which op first: a host-side choice, on the CPU generator
+        gray = rand() < self.gray_prob
+        blur = rand() < self.blur_prob
+        sigma = between(*self.blur_sigmas)
+        return ViewParams(flip, jitter, bright, contrast, sat, hue, order, gray, blur, sigma)
+
+    def augment(self, x: torch.Tensor, params: ViewParams | None = None) -> torch.Tensor:
+        """x: float Nx3xSxS in [0, 1] (one crop per view), on any device -> flipped, jittered, grey, blurred,
+        normalised, on that device. params: the random choices (default: drawn now, on x's device)."""
+        p = params if params is not None else self.draw(x.shape[0], x.device)
+        x = torch.where(p.flip[:, None, None, None], x.flip(-1), x)
+        x = self._color_jitter(x, p)
+        x = torch.where(p.gray[:, None, None, None], _grayscale(x).expand_as(x), x)
+        x = self._blur(x, p.blur, p.sigma)
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    def _color_jitter(self, x: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
+    def _color_jitter(self, x: torch.Tensor, p: ViewParams) -> torch.Tensor:
+        n, on = x.shape[0], p.jitter
 
-        def factors(lo: float, hi: float, identity: float) -> torch.Tensor:
-            f = lo + (hi - lo) * torch.rand(n)
+        def per_view(f: torch.Tensor, identity: float) -> torch.Tensor:
             return torch.where(on, f, torch.full_like(f, identity)).view(n, 1, 1, 1)
 
-        def around_one(strength: float) -> torch.Tensor:
-            return factors(max(0.0, 1 - strength), 1 + strength, 1.0)
-
-        # Drawn before the order so the random stream does not depend on it.
-        b, c, s = around_one(self.cj_bright), around_one(self.cj_contrast), around_one(self.cj_sat)
-        h = factors(-self.cj_hue, self.cj_hue, 0.0)
-        for op in torch.randperm(4).tolist():
+        b, c, s = per_view(p.bright, 1.0), per_view(p.contrast, 1.0), per_view(p.sat, 1.0)
+        h = per_view(p.hue, 0.0).view(n)
+        for op in p.order:
             if op == 0 and self.cj_bright > 0:
                 x = (x * b).clamp_(0, 1)
             elif op == 1 and self.cj_contrast > 0:
@@ -91,26 +140,49 @@ class SimSiamAugment:
                 x = _shift_hue(x, h, on)
         return x
 
-    def _blur(self, x: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
-        if self.blur_prob <= 0 or not bool(on.any()):
+    def _blur(self, x: torch.Tensor, on: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Gaussian blur of the views where `on`, each with its own sigma (separable, reflect padding)."""
+        if self.blur_prob <= 0:
             return x
-        idx = on.nonzero().squeeze(1)
-        lo, hi = self.blur_sigmas
-        sigma = lo + (hi - lo) * torch.rand(len(idx))
-        radius = math.ceil(3 * hi)
-        t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-        k = torch.exp(-0.5 * (t[None, :] / sigma[:, None]) ** 2)
-        k = (k / k.sum(1, keepdim=True)).repeat_interleave(3, dim=0)  # one kernel per (view, channel)
-        sel = x[idx]
-        m, _, hgt, wid = sel.shape
-        y = sel.reshape(1, m * 3, hgt, wid)
-        pad = min(radius, hgt - 1, wid - 1)  # reflect padding needs pad < size
-        k = k[:, radius - pad : radius + pad + 1] if pad < radius else k
-        y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), k[:, None, None, :], groups=m * 3)
-        y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), k[:, None, :, None], groups=m * 3)
-        out = x.clone()
-        out[idx] = y.reshape(m, 3, hgt, wid)
-        return out
+        radius = math.ceil(3 * self.blur_sigmas[1])
+
+        def blur(sel: torch.Tensor, idx: torch.Tensor | slice) -> torch.Tensor:
+            t = torch.arange(-radius, radius + 1, dtype=sel.dtype, device=sel.device)
+            k = torch.exp(-0.5 * (t[None, :] / sigma[idx, None]) ** 2)
+            k = (k / k.sum(1, keepdim=True)).repeat_interleave(3, dim=0)  # one kernel per (view, channel)
+            m, _, hgt, wid = sel.shape
+            y = sel.reshape(1, m * 3, hgt, wid)
+            pad = min(radius, hgt - 1, wid - 1)  # reflect padding needs pad < size
+            k = k[:, radius - pad : radius + pad + 1] if pad < radius else k
+            y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), k[:, None, None, :], groups=m * 3)
+            y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), k[:, None, :, None], groups=m * 3)
+            return y.reshape(m, 3, hgt, wid)
+
+        return where_on(x, on, blur)
+
+
+def where_on(
+    x: torch.Tensor,
+    on: torch.Tensor,
+    op: Callable[[torch.Tensor, torch.Tensor | slice], torch.Tensor],
+    gather: bool | None = None,
+) -> torch.Tensor:
+    """`op` applied to the views where `on` (op(views, their index) -> new views), the others unchanged.
+
+    gather (default: off a GPU): pick the chosen views first, so a CPU worker blurs only the half it must. On a GPU
+    every view goes through `op` and torch.where keeps the chosen ones: no host sync (`on.any()`, `nonzero`), so
+    the CPU keeps queueing the training step's kernels ahead, and the extra arithmetic is cheap there.
+    """
+    if gather is None:
+        gather = x.device.type != "cuda"
+    if not gather:
+        return torch.where(on[:, None, None, None], op(x, slice(None)), x)
+    if not bool(on.any()):
+        return x
+    idx = on.nonzero().squeeze(1)
+    out = x.clone()
+    out[idx] = op(x[idx], idx)
+    return out
 
 
 def augment_for(s: Settings) -> SimSiamAugment:
@@ -132,6 +204,12 @@ def augment_for(s: Settings) -> SimSiamAugment:
     )
 
 
+def augments_on_device(s: Settings, device: torch.device) -> bool:
+    """Whether the model finishes the views on its device (`augment_on`; "auto": on a GPU, not on a CPU, where the
+    workers run beside the model on the same cores and the batched path already keeps up)."""
+    return s.augment_on == "device" or (s.augment_on == "auto" and device.type == "cuda")
+
+
 def _grayscale(x: torch.Tensor) -> torch.Tensor:
     r, g, b = x.unbind(-3)
     w = GRAY_WEIGHTS
@@ -140,14 +218,12 @@ def _grayscale(x: torch.Tensor) -> torch.Tensor:
 
 def _shift_hue(x: torch.Tensor, shift: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
     """Rotate hue by `shift` (fraction of a turn, per view) through HSV, as torchvision's adjust_hue."""
-    if not bool(on.any()):
-        return x
-    idx = on.nonzero().squeeze(1)
-    h, s, v = _rgb_to_hsv(x[idx])
-    h = (h + shift[idx].view(-1, 1, 1)) % 1.0
-    out = x.clone()
-    out[idx] = _hsv_to_rgb(h, s, v)
-    return out
+
+    def rotate(sel: torch.Tensor, idx: torch.Tensor | slice) -> torch.Tensor:
+        h, s, v = _rgb_to_hsv(sel)
+        return _hsv_to_rgb((h + shift[idx].view(-1, 1, 1)) % 1.0, s, v)
+
+    return where_on(x, on, rotate)
 
 
 def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

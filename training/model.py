@@ -18,6 +18,7 @@ from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
 from lightly.utils.debug import std_of_l2_normalized
 from pytorch_lightning.callbacks import Timer
 
+from training.augment import augment_for
 from training.backbone import build_backbone
 from training.settings import Settings
 
@@ -57,12 +58,13 @@ class SimSiam(pl.LightningModule):
         self.projection_head = SimSiamProjectionHead(feature_dim, settings.proj_dim, settings.proj_dim)
         self.prediction_head = SimSiamPredictionHead(settings.proj_dim, settings.pred_hidden_dim, settings.proj_dim)
         self.criterion = NegativeCosineSimilarity()
+        self.augment = augment_for(settings)
         self.total_steps = max(1, settings.epochs * steps_per_epoch)
         # Paper Sec. 4: lr = base_lr x batch / 256, with the *global* batch under DDP.
         self.peak_lr = settings.lr * global_batch / 256
         self.collapse_floor = COLLAPSE_FRACTION / math.sqrt(settings.proj_dim)
         self._fit_start = 0.0
-        self._z_std: list[float] = []
+        self._z_std: list[torch.Tensor] = []  # per step, kept on the device: a float() would sync every step
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z, p, _ = self._encode(x)
@@ -80,10 +82,18 @@ class SimSiam(pl.LightningModule):
         z1, p1, _ = self._encode(x1)
         return 0.5 * (self.criterion(p0, z1.detach()) + self.criterion(p1, z0.detach())), z0, f0
 
+    def on_after_batch_transfer(self, batch: list[torch.Tensor], dataloader_idx: int) -> list[torch.Tensor]:
+        # uint8 views are crops from loader workers that left colour, grey and blur to the device (augment_on):
+        # finish them here, on the GPU, outside autocast (Lightning calls this before training_step).
+        x0, x1 = batch
+        if x0.dtype == torch.uint8:
+            return self.augment.finish(torch.cat([x0, x1]))
+        return batch
+
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         x0, x1 = batch
         loss, z0, f0 = self.loss(x0, x1)
-        self._z_std.append(float(std_of_l2_normalized(z0.detach().float())))
+        self._z_std.append(std_of_l2_normalized(z0.detach().float()))
         if batch_idx == 0:
             # z can look healthy while the backbone features (what the probe and the served model use) collapse
             # onto a few directions; the effective rank of f shows it (1 = one direction, up to min(N, C)).
@@ -120,7 +130,7 @@ class SimSiam(pl.LightningModule):
                 group["lr"] = cosine_lr(self.peak_lr, progress)
 
     def on_train_epoch_end(self) -> None:
-        z_std = sum(self._z_std) / max(1, len(self._z_std))
+        z_std = float(torch.stack(self._z_std).mean()) if self._z_std else 0.0
         self._z_std.clear()
         self.log("z_std", z_std, prog_bar=True, sync_dist=True)
         self.log("z_std_healthy", 1.0 / math.sqrt(self.settings.proj_dim))

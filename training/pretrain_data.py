@@ -1,7 +1,9 @@
 """The unlabelled train set for SimSiam: each file decoded once and cached downscaled (dataset/cache.py).
 
 The DataLoader asks for whole batches (`__getitems__`), so the augmentation runs once per batch in the
-loader worker (training/augment.py) rather than once per image.
+loader worker (training/augment.py) rather than once per image. With `on_device` the workers only crop: the
+batch is [crops of view 0, crops of view 1] in uint8 (a quarter of float32's bytes to transfer), and the model
+finishes the views on its device (SimSiam.on_after_batch_transfer).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from training.augment import SimSiamAugment
 
 
 class PretrainImages(ImageCache):
-    """`dataset.__getitems__(indices)` -> [view0 Nx3xSxS, view1 Nx3xSxS]; `dataset[i]` -> the same for one image.
+    """`dataset.__getitems__(indices)` -> [view0 Nx3xSxS, view1 Nx3xSxS] (float32, or uint8 crops with
+    `on_device`); `dataset[i]` -> the same for one image.
 
     Kept at a shorter side of `2 * input_size`: the smallest crop (min_scale 0.2, i.e. 0.45 of the side) stays at
     about native resolution.
@@ -32,12 +35,17 @@ class PretrainImages(ImageCache):
         cache_mb: int,
         skipped: Skipped,
         threads: int = 4,
+        on_device: bool = False,
     ) -> None:
         super().__init__(paths, 2 * input_size, cache_mb, skipped, threads, what="train")
         self.augment = augment
+        self.on_device = on_device
 
     def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
-        return self.augment.views([self.pixels(i) for i in indices])
+        images = [self.pixels(i) for i in indices]
+        if self.on_device:
+            return list(self.augment.crops(images).chunk(2))
+        return self.augment.views(images)
 
     def __getitem__(self, i: int) -> list[torch.Tensor]:
         return [v[0] for v in self.__getitems__([i])]

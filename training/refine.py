@@ -91,10 +91,7 @@ class RefineImages(ImageCache):
 
     def subset(self, indices: list[int]) -> RefineImages:
         """The same images and labels restricted to `indices` (no decoding)."""
-        sub = object.__new__(RefineImages)
-        sub.__dict__.update(self.__dict__)
-        sub.items = [self.items[i] for i in indices]
-        sub.kept = [self.kept[i] for i in indices]
+        sub = super().subset(indices)
         sub.labels = self.labels[indices]
         return sub
 
@@ -254,6 +251,32 @@ def _lp_head(
     return fit_head(features, [labels[i] for i in kept], n_classes)
 
 
+@dataclass
+class HeldOutWatch:
+    """The held-out run's per-epoch record: loss and train accuracy each epoch, the held-out accuracy ~10 times
+    a run and after the last epoch (a picture for the user; nothing is chosen on it)."""
+
+    encoder: nn.Module
+    head: nn.Linear
+    paths: list[Path]
+    labels: list[int]
+    preset: EvalPreset
+    device: torch.device
+    curve: list[dict]
+    predictions: list[int] = field(default_factory=list)  # the newest look's class per held-out image
+    next_look: float = 0.1
+
+    def on_epoch(self, epoch: int, loss: float, train_acc: float, progress: float) -> None:
+        row = {"run": "held-out", "epoch": epoch, "loss": round(loss, 4), "train_acc": round(train_acc, 4)}
+        if progress >= self.next_look or progress >= 1:
+            self.next_look = progress + 0.1
+            self.predictions = predict(self.encoder, self.head, self.paths, self.preset, self.device)
+            row["held_out_acc"] = round(float((np.asarray(self.predictions) == np.asarray(self.labels)).mean()), 4)
+            self.encoder.train()
+        self.curve.append(row)
+        log.info("refine (held-out run) epoch %d: %s", epoch, row)
+
+
 def refine(
     encoder: nn.Module,
     paths: list[Path],
@@ -284,23 +307,10 @@ def refine(
 
     enc = copy.deepcopy(encoder)
     head = _lp_head(enc, [paths[i] for i in fit], [labels[i] for i in fit], n_classes, preset, device)
-    held_paths, held_y = [paths[i] for i in held], np.asarray([labels[i] for i in held])
-    next_look = [0.1]  # the held-out accuracy is drawn ~10 times a run (a picture; nothing is chosen on it)
-    last: dict[str, list[int]] = {}  # the held-out predictions of the newest look; the last epoch always looks
-
-    def held_out_epoch(epoch: int, loss: float, train_acc: float, progress: float) -> None:
-        row = {"run": "held-out", "epoch": epoch, "loss": round(loss, 4), "train_acc": round(train_acc, 4)}
-        if progress >= next_look[0] or progress >= 1:
-            next_look[0] = progress + 0.1
-            last["predictions"] = predict(enc, head, held_paths, preset, device)
-            row["held_out_acc"] = round(float((np.asarray(last["predictions"]) == held_y).mean()), 4)
-            enc.train()
-        curve.append(row)
-        log.info("refine (held-out run) epoch %d: %s", epoch, row)
-
-    epochs = finetune(enc, head, images.subset(fit), recipe, device, recipe.epochs, held_budget, held_out_epoch)
-    predictions = last["predictions"]
-    acc = float((np.asarray(predictions) == held_y).mean())
+    watch = HeldOutWatch(enc, head, [paths[i] for i in held], [labels[i] for i in held], preset, device, curve)
+    epochs = finetune(enc, head, images.subset(fit), recipe, device, recipe.epochs, held_budget, watch.on_epoch)
+    predictions = watch.predictions
+    acc = float((np.asarray(predictions) == np.asarray([labels[i] for i in held])).mean())
 
     def final_epoch(epoch: int, loss: float, train_acc: float, progress: float) -> None:
         curve.append({"run": "final", "epoch": epoch, "loss": round(loss, 4), "train_acc": round(train_acc, 4)})

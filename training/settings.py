@@ -19,6 +19,7 @@ STEMS = ("auto", "cifar", "imagenet")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
 REFINES = ("finetune", "probe")
+AUGMENT_PLACES = ("auto", "device", "workers")
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Settings:
     stem: str = "auto"  # "auto": CIFAR stem below 64 px, else ImageNet; "cifar" / "imagenet" force one
     seed: int = 42
     num_workers: int = 4  # DataLoader processes; capped at the CPU count
+    augment_on: str = "auto"  # colour/grey/blur: "auto" = on the GPU when training on one, else in the workers
     weight_decay: float = 1e-4  # paper: 1e-4 on ImageNet, 5e-4 on CIFAR
     momentum: float = 0.9
     proj_dim: int = 2048  # projector output d; the collapse monitor is healthy near 1/sqrt(d)
@@ -61,7 +63,7 @@ class Settings:
     devices: int = 1  # devices per node (GPUs, or CPU processes with strategy ddp)
     num_nodes: int = 1
     strategy: str = "auto"  # Lightning strategy; "ddp" for torchrun / SLURM
-    precision: str = "auto"  # "auto" = 16-mixed on GPU, 32-true on CPU
+    precision: str = "auto"  # "auto": bf16-mixed on Ampere+ GPUs, 16-mixed on older; CPU: bf16-mixed if native
     resume: str = ""  # "last": continue the newest interrupted run's checkpoint; or a path to a .ckpt
 
     @property
@@ -82,6 +84,7 @@ _CHECKS: dict[str, tuple[type, Any, str]] = {
     "stem": (str, lambda v: v in STEMS, f"one of {', '.join(STEMS)}"),
     "seed": (int, lambda v: 0 <= v < 2**32, "an integer from 0 to 2**32-1"),
     "num_workers": (int, lambda v: 0 <= v <= 256, "an integer >= 0"),
+    "augment_on": (str, lambda v: v in AUGMENT_PLACES, f"one of {', '.join(AUGMENT_PLACES)}"),
     "weight_decay": (float, lambda v: 0 <= v < 1, "a number from 0 to 1, e.g. 1e-4"),
     "momentum": (float, lambda v: 0 <= v < 1, "a number from 0 to 1, e.g. 0.9"),
     "proj_dim": (int, lambda v: 16 <= v <= 16_384, "an integer from 16 to 16384"),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 from sklearn.metrics import confusion_matrix
 from torch import nn
@@ -32,7 +32,7 @@ from export.torchscript import export_torchscript
 from handler.eval_preset import EvalPreset
 from jobs.device import resolve_precision
 from jobs.outputs import RunFolder, atomic_write_json, find_resume_checkpoint, round4
-from training.augment import augment_for
+from training.augment import augment_for, augments_on_device
 from training.model import SimSiam
 from training.plots import plot_training_curves
 from training.pretrain_data import PretrainImages, pretrain_loader
@@ -102,7 +102,14 @@ def prepare_data(
     preset = EvalPreset(input_size=s.input_size)
     skipped = Skipped()
     threads = min(8, os.cpu_count() or 1)
-    train_set = partial(PretrainImages, read_unlabelled(job.dataset), s.input_size, augment_for(s), s.cache_mb)
+    train_set = partial(
+        PretrainImages,
+        read_unlabelled(job.dataset),
+        s.input_size,
+        augment_for(s),
+        s.cache_mb,
+        on_device=augments_on_device(s, job.device),
+    )
     if not with_valid:
         return train_set(skipped, threads), None, preset, skipped
     valid = read_labelled(job.dataset, "valid")
@@ -173,6 +180,8 @@ class Pretrained:
     images_per_s: float
     train_images: int
     resume: Path | None
+    precision: str  # what Lightning ran: "bf16-mixed", "16-mixed", "32-true"
+    augment_on: str  # where colour, grey and blur ran: "device" or "workers"
 
 
 def pretrain(job: TrainJob, work: Path, train_set: PretrainImages) -> Pretrained:
@@ -189,7 +198,12 @@ def pretrain(job: TrainJob, work: Path, train_set: PretrainImages) -> Pretrained
         logger=CSVLogger(save_dir=str(work), name="logs", version=""),
         # save_top_k=1 without a monitor keeps exactly the newest epoch's checkpoint, written every epoch
         # (save_last alone would only write at the very end, too late to resume an interrupted run).
-        callbacks=[ModelCheckpoint(dirpath=str(work / "checkpoints"), save_top_k=1)],
+        callbacks=[
+            ModelCheckpoint(dirpath=str(work / "checkpoints"), save_top_k=1),
+            # Each refresh reads the logged loss back from the device (a sync): on a GPU, whose steps take
+            # milliseconds, a refresh every step would keep the CPU from queueing the next step ahead.
+            TQDMProgressBar(refresh_rate=1 if job.device.type == "cpu" else 20),
+        ],
         log_every_n_steps=max(1, min(50, len(loader))),
         enable_model_summary=False,
         deterministic=False,
@@ -206,8 +220,18 @@ def pretrain(job: TrainJob, work: Path, train_set: PretrainImages) -> Pretrained
             "process(es)): add train images, or lower batch_size or devices"
         )
     images_per_s = trainer.global_step * batch * world / max(train_time, 1e-9)
-    log.info("pretraining: %d steps in %.1f s (%.1f images/s)", trainer.global_step, train_time, images_per_s)
-    return Pretrained(model, trainer, train_time, images_per_s, len(train_set), resume)
+    log.info(
+        "pretraining: %d steps in %.1f s (%.1f images/s, %s, augmentation on the %s)",
+        trainer.global_step,
+        train_time,
+        images_per_s,
+        trainer.precision,
+        "device" if train_set.on_device else "loader workers",
+    )
+    augment_on = "device" if train_set.on_device else "workers"
+    return Pretrained(
+        model, trainer, train_time, images_per_s, len(train_set), resume, str(trainer.precision), augment_on
+    )
 
 
 def per_rank_batch(s: Settings, n_images: int) -> int:
@@ -366,6 +390,8 @@ def record(
                 "epochs": trainer.current_epoch,
                 "images_per_s": round(pretrained.images_per_s, 1),
                 "train_images": pretrained.train_images,
+                "precision": pretrained.precision,
+                "augment_on": pretrained.augment_on,
             },
             "timing": {"train_time": round4(pretrained.train_time), "valid_time": round4(valid_time)},
             "skipped": [{"path": p, "reason": r} for p, r in skipped.items],

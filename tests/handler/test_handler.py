@@ -16,7 +16,7 @@ class StatusContext(MockContext):
     """MockContext plus the per-request status calls TorchServe's real Context has."""
 
     def __init__(self, **kw):
-        super().__init__(**kw)
+        super().__init__(**{"gpu_id": None, **kw})  # the CPU handler (threads, CPU scores) on a GPU host too
         self.statuses: dict[int, tuple[int, str]] = {}
 
     def set_response_status(self, code=200, phrase="", idx=0):

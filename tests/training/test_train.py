@@ -155,13 +155,16 @@ def test_a_resumed_run_continues_its_time_schedule(tiny_dataset, tmp_path):
     ("device", "devices", "strategy", "sync"),
     [("cuda", 2, "auto", True), ("cuda", 4, "ddp", True), ("cuda", 1, "auto", False), ("cpu", 2, "ddp", False)],
 )
-def test_syncbatchnorm_whenever_more_than_one_gpu_process_trains(device, devices, strategy, sync):
+def test_syncbatchnorm_whenever_more_than_one_gpu_process_trains(device, devices, strategy, sync, monkeypatch):
     from training.train import device_args
 
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))  # an H100-class GPU
     s = build_settings({"devices": devices, "strategy": strategy})
     args = device_args(s, torch.device(device, 0) if device == "cuda" else torch.device("cpu"))
     assert args["sync_batchnorm"] is sync
     assert args["devices"] == ([0] if device == "cuda" and devices == 1 else devices)
+    if device == "cuda":
+        assert args["precision"] == "bf16-mixed"
 
 
 def test_the_batch_is_each_ranks_share_so_every_rank_makes_steps():
