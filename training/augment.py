@@ -76,9 +76,10 @@ class SimSiamAugment:
         On a GPU this is all the loader workers do; `finish` runs on the device after the transfer."""
         return torch.stack([self._crop(im) for im in images] + [self._crop(im) for im in images])
 
-    def finish(self, crops: torch.Tensor) -> list[torch.Tensor]:
-        """uint8 2Nx3xSxS crops from `crops`, on any device -> [view0, view1] augmented there."""
-        x = self.augment(crops.float().div_(255))
+    def finish(self, crops: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """uint8 2Nx3xSxS crops from `crops`, on any device -> [view0, view1] augmented there (random choices from
+        `generator`, one on that device, default: torch's)."""
+        x = self.augment(crops.float().div_(255), self.draw(len(crops), crops.device, generator))
         return list(x.chunk(2))
 
     def _crop(self, image: torch.Tensor) -> torch.Tensor:
@@ -86,11 +87,11 @@ class SimSiamAugment:
         size = [self.input_size, self.input_size]
         return TF.resized_crop(image, top, left, h, w, size, antialias=True)
 
-    def draw(self, n: int, device: torch.device | str = "cpu") -> ViewParams:
+    def draw(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> ViewParams:
         """Every random choice for n views, drawn on `device` (a GPU draws its own: no host round trip)."""
 
         def rand() -> torch.Tensor:
-            return torch.rand(n, device=device)
+            return torch.rand(n, device=device, generator=generator)
 
         def between(lo: float, hi: float) -> torch.Tensor:
             return lo + (hi - lo) * rand()

@@ -33,6 +33,11 @@ def effective_rank(f: torch.Tensor) -> float:
     return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
 
 
+def augment_seed(seed: int, rank: int) -> int:
+    """The seed of a rank's device-augmentation generator: its own per rank, and not the model's seed."""
+    return seed * 1_000_003 + rank + 1
+
+
 def cosine_lr(peak_lr: float, progress: float) -> float:
     """Cosine decay from peak_lr at progress 0 to 0 at progress >= 1 (paper Sec. 4)."""
     return peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
@@ -64,6 +69,7 @@ class SimSiam(pl.LightningModule):
         self.peak_lr = settings.lr * global_batch / 256
         self.collapse_floor = COLLAPSE_FRACTION / math.sqrt(settings.proj_dim)
         self._fit_start = 0.0
+        self._draws: torch.Generator | None = None  # set in on_train_start
         self._z_std: list[torch.Tensor] = []  # per step, kept on the device: a float() would sync every step
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,8 +93,15 @@ class SimSiam(pl.LightningModule):
         # finish them here, on the GPU, outside autocast (Lightning calls this before training_step).
         x0, x1 = batch
         if x0.dtype == torch.uint8:
-            return self.augment.finish(torch.cat([x0, x1]))
+            return self.augment.finish(torch.cat([x0, x1]), self._draws)
         return batch
+
+    def on_train_start(self) -> None:
+        # The device augmentation's own generator, seeded per rank: seed_everything gives every DDP process the
+        # same seed, so draws from torch's default generator would repeat the same flips, jitters and blurs on
+        # every GPU (the loader workers' seeds already differ per rank).
+        self._draws = torch.Generator(device=self.device)
+        self._draws.manual_seed(augment_seed(self.settings.seed, self.global_rank))
 
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         x0, x1 = batch

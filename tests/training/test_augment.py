@@ -7,6 +7,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from handler.eval_preset import IMAGENET_MEAN, IMAGENET_STD
 from training.augment import SimSiamAugment, _shift_hue, augment_for
+from training.model import augment_seed
 from training.settings import Settings
 
 
@@ -187,9 +188,23 @@ def test_a_training_step_gets_finished_float_views_from_uint8_crops(tmp_path):
         enable_model_summary=False,
         callbacks=[Spy()],
     )
-    trainer.fit(SimSiam(s, steps_per_epoch=2), pretrain_loader(data, 4, num_workers=0))
+    model = SimSiam(s, steps_per_epoch=2)
+    trainer.fit(model, pretrain_loader(data, 4, num_workers=0))
     assert trainer.global_step == 2
     assert seen == [[(torch.float32, (4, 3, 32, 32))] * 2] * 2
+    assert model._draws is not None and model._draws.initial_seed() == augment_seed(s.seed, 0)
+
+
+def test_each_rank_draws_its_own_device_augmentation():
+    """seed_everything gives every DDP process one seed; the device augmentation's generator is seeded per rank,
+    so the GPUs do not repeat each other's flips, jitters and blurs."""
+    aug = augment_for(Settings(input_size=64))
+    draws = []
+    for rank in (0, 1):
+        g = torch.Generator().manual_seed(augment_seed(42, rank))
+        draws.append(aug.draw(256, "cpu", g))
+    assert augment_seed(42, 0) != augment_seed(42, 1) != 42
+    assert not torch.equal(draws[0].bright, draws[1].bright) and not torch.equal(draws[0].flip, draws[1].flip)
 
 
 def test_the_gpu_way_of_choosing_views_gives_the_same_views(monkeypatch):
