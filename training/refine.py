@@ -51,7 +51,6 @@ class RefineRecipe:
     time_budget_s: float = 0.0  # the whole stage (held-out run + final run); 0 = epochs only
     holdout: float = 0.2  # share of each class held out for the accuracy
     precision: str = "32-true"  # "bf16-mixed" / "16-mixed": autocast, as in pretraining
-    batchnorm: str = "train"  # "train": batch statistics; "frozen": the recalibrated running statistics, fixed
     num_workers: int = 2
     seed: int = 0
 
@@ -174,7 +173,7 @@ def finetune(
     total_steps = max(1, epochs * len(loader))
     start, step, done = time.monotonic(), 0, 0
     for epoch in range(epochs):
-        _train_mode(model, recipe.batchnorm)  # each epoch: on_epoch may have scored the model in eval mode
+        model.train()  # each epoch: on_epoch may have scored the model in eval mode
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in loader:
             progress = step / total_steps
@@ -205,16 +204,6 @@ def finetune(
             break
     model.eval()
     return done
-
-
-def _train_mode(model: nn.Module, batchnorm: str) -> None:
-    model.train()
-    if batchnorm == "frozen":
-        # Eval-mode BatchNorm: each layer keeps the statistics recalibrated on these images and only its affine
-        # weights learn (detectron2's FrozenBatchNorm, for batches too small or too few to re-estimate them).
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
 
 
 def predict(encoder: nn.Module, head: nn.Linear, paths: list[Path], preset: EvalPreset, device: torch.device) -> list:
