@@ -91,6 +91,7 @@ def pipeline(dataset: Path, s: Settings, device: torch.device, precision: str, s
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[timer],
+        benchmark=device.type == "cuda",  # as client_train.py (training/train.py device_args)
     )
     trainer.fit(SimSiam(s, steps_per_epoch=1000), loader)
     return Measured(timer.steps * s.batch_size / timer.seconds, cache_s, data.cached_bytes / 2**20)
@@ -98,6 +99,7 @@ def pipeline(dataset: Path, s: Settings, device: torch.device, precision: str, s
 
 def ceiling(s: Settings, device: torch.device, precision: str, steps: int, warmup: int) -> float:
     """The model alone: fixed random views on the device, the product's optimiser, precision and layout."""
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as client_train.py
     model = SimSiam(s, steps_per_epoch=1000).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x0 = torch.randn(s.batch_size, 3, s.input_size, s.input_size, device=device)

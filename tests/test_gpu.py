@@ -89,7 +89,7 @@ def test_the_handler_on_cuda_agrees_with_cpu(gpu_model: dict, tiny_dataset: Path
     mar = Path(gpu_model["model_path"]) / f"{gpu_model['gened_model_name']}.mar"
     with zipfile.ZipFile(mar) as z:
         z.extractall(tmp_path)
-    rows = [{"data": p.read_bytes()} for p in sorted((tiny_dataset / "test" / "images").rglob("*.png"))]
+    rows = [{"data": p.read_bytes()} for p in sorted((tiny_dataset / "test" / "images").rglob("*")) if p.is_file()]
     answers = {}
     for gpu_id in (None, "0"):
         context = MockContext(model_pt_file="model.pt", model_dir=str(tmp_path), model_file=None, gpu_id=gpu_id)

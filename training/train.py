@@ -260,6 +260,8 @@ def device_args(s: Settings, device: torch.device) -> dict:
         # per-process BN -- fine for tests, not a way to train at scale.
         "sync_batchnorm": on_gpu and s.devices * s.num_nodes > 1,
         "precision": resolve_precision(s.precision, device),
+        # Crops have one fixed size: cuDNN may time its convolution algorithms once and keep the fastest.
+        "benchmark": on_gpu,
     }
 
 

@@ -165,6 +165,7 @@ def test_syncbatchnorm_whenever_more_than_one_gpu_process_trains(device, devices
     assert args["devices"] == ([0] if device == "cuda" and devices == 1 else devices)
     if device == "cuda":
         assert args["precision"] == "bf16-mixed"
+    assert args["benchmark"] is (device == "cuda")  # cuDNN autotuning for the fixed crop size
 
 
 def test_the_batch_is_each_ranks_share_so_every_rank_makes_steps():
