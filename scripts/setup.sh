@@ -22,8 +22,7 @@ stamp=.venv/.requirements.sha256
 want=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing pinned packages (first run: about 2 minutes)"
-  # --no-compile: byte-compiling every installed module (torch alone has thousands) took about a minute on 2 cores;
-  # Python compiles the modules it imports on first use instead.
-  .venv/bin/python -m pip install -q --no-compile -r requirements.txt
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r requirements.txt
   echo "$want" > "$stamp"
 fi
