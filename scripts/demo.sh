@@ -11,8 +11,8 @@ DATA=${DEMO_DATASET:-runs/demo_dataset}
 DEVICE=${DEVICE:-cpu}
 RUNS=${SIMSIAM_RUNS_DIR:-runs}  # where client_train.py and client_test.py write (jobs/outputs.py)
 # Sized for 2 CPU cores and under 8 minutes in all, set-up included (session 6: 7 min 39 s with 90 s + 45 s; on
-# session 7's slower CPU that took 8 min 44 s, 70 s + 35 s 8 min 28 s: set-up alone took ~3.5 min there, hence
-# 60 s + 30 s); on a GPU use the defaults (README).
+# session 7's slower CPU that took 8 min 44 s, 70 s + 35 s 8 min 28 s, 60 s + 30 s 7 min 18 s: a fresh .venv's
+# set-up alone took 1.7-3.9 min there); on a GPU use the defaults (README).
 # Strong hue jitter and grey: the demo's colours are random, so colour must not be what the views agree on.
 # min_scale 0.5: the demo's patterns are a few pixels at 64 px; 0.2-crops upsampled 2-3x changed their scale too
 # much (valid probe 0.26 vs 0.22-0.23 with 0.2, two seeds each).
