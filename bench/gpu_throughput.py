@@ -29,11 +29,12 @@ import torch
 
 from dataset.demo import make_demo_dataset
 from dataset.reader import Skipped, read_unlabelled
-from jobs.device import auto_precision, resolve_device
+from jobs.device import auto_precision, autocast, resolve_device
 from training.augment import augment_for, augments_on_device
 from training.model import SimSiam
 from training.pretrain_data import PretrainImages, pretrain_loader
 from training.settings import Settings
+from training.train import device_args
 
 
 def _sync(device: torch.device) -> None:
@@ -82,16 +83,14 @@ def pipeline(dataset: Path, s: Settings, device: torch.device, precision: str, s
     loader = pretrain_loader(data, s.batch_size, s.num_workers, pin_memory=device.type == "cuda")
     timer = StepTimer(warmup, device)
     trainer = pl.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=[device.index or 0] if device.type == "cuda" else 1,
+        # client_train.py's accelerator, devices, cuDNN autotuning (training/train.py), with this row's precision
+        **{**device_args(s, device), "precision": precision},
         max_steps=warmup + steps,
-        precision=precision,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[timer],
-        benchmark=device.type == "cuda",  # as client_train.py (training/train.py device_args)
     )
     trainer.fit(SimSiam(s, steps_per_epoch=1000), loader)
     return Measured(timer.steps * s.batch_size / timer.seconds, cache_s, data.cached_bytes / 2**20)
@@ -104,13 +103,12 @@ def ceiling(s: Settings, device: torch.device, precision: str, steps: int, warmu
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x0 = torch.randn(s.batch_size, 3, s.input_size, s.input_size, device=device)
     x1 = torch.randn_like(x0)
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
     for i in range(warmup + steps):
         if i == warmup:
             _sync(device)
             t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with autocast(precision, device):
             loss, _, _ = model.loss(x0, x1)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

@@ -54,3 +54,9 @@ def auto_precision(device: torch.device) -> str:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The settings' `precision` as Lightning takes it: "auto" picks by device, anything else is kept."""
     return auto_precision(device) if precision == "auto" else precision
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """Autocast for a Lightning precision string, for the loops Lightning does not run (refine, benches)."""
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)

@@ -36,6 +36,7 @@ from evaluation.features import run_frozen
 from evaluation.probe import fit_head
 from export.torchscript import Classifier
 from handler.eval_preset import EvalPreset
+from jobs.device import autocast
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +128,6 @@ def stratified_holdout(labels: list[int], share: float, seed: int) -> tuple[list
     return sorted(fit), sorted(held)
 
 
-def _autocast(precision: str, device: torch.device):
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
 def finetune(
     encoder: nn.Module,
     head: nn.Linear,
@@ -183,7 +179,7 @@ def finetune(
                 group["lr"] = group["peak"] * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
-            with _autocast(recipe.precision, device):
+            with autocast(recipe.precision, device):
                 logits = model(x)
                 loss = criterion(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -267,12 +263,17 @@ class HeldOutWatch:
     predictions: list[int] = field(default_factory=list)  # the newest look's class per held-out image
     next_look: float = 0.1
 
+    @property
+    def acc(self) -> float:
+        """Accuracy of the newest look's predictions on the held-out images."""
+        return float((np.asarray(self.predictions) == np.asarray(self.labels)).mean())
+
     def on_epoch(self, epoch: int, loss: float, train_acc: float, progress: float) -> None:
         row = {"run": "held-out", "epoch": epoch, "loss": round(loss, 4), "train_acc": round(train_acc, 4)}
         if progress >= self.next_look or progress >= 1:
             self.next_look = progress + 0.1
             self.predictions = predict(self.encoder, self.head, self.paths, self.preset, self.device)
-            row["held_out_acc"] = round(float((np.asarray(self.predictions) == np.asarray(self.labels)).mean()), 4)
+            row["held_out_acc"] = round(self.acc, 4)
             self.encoder.train()
         self.curve.append(row)
         log.info("refine (held-out run) epoch %d: %s", epoch, row)
@@ -310,8 +311,7 @@ def refine(
     head = _lp_head(enc, [paths[i] for i in fit], [labels[i] for i in fit], n_classes, preset, device)
     watch = HeldOutWatch(enc, head, [paths[i] for i in held], [labels[i] for i in held], preset, device, curve)
     epochs = finetune(enc, head, images.subset(fit), recipe, device, recipe.epochs, held_budget, watch.on_epoch)
-    predictions = watch.predictions
-    acc = float((np.asarray(predictions) == np.asarray([labels[i] for i in held])).mean())
+    predictions, acc = watch.predictions, watch.acc
 
     def final_epoch(epoch: int, loss: float, train_acc: float, progress: float) -> None:
         curve.append({"run": "final", "epoch": epoch, "loss": round(loss, 4), "train_acc": round(train_acc, 4)})

@@ -220,15 +220,15 @@ def pretrain(job: TrainJob, work: Path, train_set: PretrainImages) -> Pretrained
             "process(es)): add train images, or lower batch_size or devices"
         )
     images_per_s = trainer.global_step * batch * world / max(train_time, 1e-9)
+    augment_on = "device" if train_set.on_device else "workers"
     log.info(
         "pretraining: %d steps in %.1f s (%.1f images/s, %s, augmentation on the %s)",
         trainer.global_step,
         train_time,
         images_per_s,
         trainer.precision,
-        "device" if train_set.on_device else "loader workers",
+        augment_on,
     )
-    augment_on = "device" if train_set.on_device else "workers"
     return Pretrained(
         model, trainer, train_time, images_per_s, len(train_set), resume, str(trainer.precision), augment_on
     )

@@ -46,6 +46,7 @@ def test_unknown_key_lists_the_valid_keys():
         ({"backbone": "vgg16"}, "resnet18, resnet34, resnet50"),
         ({"input_size": 8}, "16 to 1024"),
         ({"strategy": "fsdp2"}, "ddp"),
+        ({"augment_on": "gpu"}, "one of auto, device, workers"),
     ],
 )
 def test_bad_values_name_key_value_and_fix(settings, fragment):
