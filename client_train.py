@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -71,13 +70,14 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
     from dataset.reader import DatasetError
+    from jobs import stop
     from jobs.device import DeviceError, resolve_device
     from jobs.outputs import OutputError, ResumeError
     from training.train import TrainJob, run
 
     # A platform stops jobs with SIGTERM: unwind like Ctrl-C so the staging folder is removed and trial.txt
-    # is left as it was (Lightning chains this handler after its own).
-    signal.signal(signal.SIGTERM, _interrupt)
+    # is left as it was (Lightning chains this handler after its own). Both are remembered (jobs/stop.py).
+    stop.install()
     try:
         device = resolve_device(args.device)
         trial = run(TrainJob(dataset, device, args.trial_name, settings, Path(args.runs_dir), STARTED))
@@ -94,10 +94,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"model folder: {trial['model_path']}")
     print(f"trial file:   {Path(args.runs_dir).resolve() / 'metric' / 'trial.txt'}")
     return 0
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

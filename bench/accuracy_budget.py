@@ -32,26 +32,13 @@ from lightly.transforms import SimSiamTransform
 from torch import nn
 from torch.utils.data import DataLoader
 
+from bench.datasets import bench_dataset
 from bench.random_init_probe import probe_encoder
 from handler.eval_preset import EvalPreset
 from training.backbone import build_backbone
 from training.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def dataset_root(name: str) -> Path:
-    if name == "demo":
-        from dataset.demo import VERSION, make_demo_dataset
-
-        root = Path(tempfile.gettempdir()) / f"simsiam_bench_demo_v{VERSION}"
-        return root if (root / "train").is_dir() else make_demo_dataset(root)
-    if name == "photo":
-        from bench.photo_data import make_photo_dataset
-
-        root = Path(tempfile.gettempdir()) / "simsiam_bench_photo"
-        return root if (root / "train").is_dir() else make_photo_dataset(root)
-    return Path(name)
 
 
 def run_product(dataset: Path, settings: dict, runs: Path) -> tuple[Path, dict]:
@@ -101,7 +88,7 @@ def main() -> None:
     p.add_argument("--settings", default="{}", help="extra product settings as JSON (default: none)")
     p.add_argument("--seeds", type=int, default=3)
     a = p.parse_args()
-    dataset = dataset_root(a.dataset)
+    dataset = bench_dataset(a.dataset)
     common = {"input_size": a.input_size, "batch_size": a.batch_size, "num_workers": a.num_workers}
     s = Settings(**common)
     preset = EvalPreset(input_size=a.input_size)

@@ -13,15 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from contextlib import nullcontext
 
 import torch
 
-from bench.accuracy_budget import dataset_root
+from bench.datasets import bench_dataset
 from bench.random_init_probe import probe_encoder
 from dataset.reader import Skipped, read_unlabelled
 from handler.eval_preset import EvalPreset
-from jobs.device import resolve_precision
+from jobs.device import autocast, resolve_precision
 from training.augment import augment_for
 from training.model import SimSiam, cosine_lr
 from training.pretrain_data import PretrainImages, pretrain_loader
@@ -35,7 +34,7 @@ def main() -> None:
     p.add_argument("--every", type=int, default=200)
     p.add_argument("--settings", default="{}", help="product settings as JSON (input_size 64, batch 64 unless set)")
     a = p.parse_args()
-    dataset = dataset_root(a.dataset)
+    dataset = bench_dataset(a.dataset)
     s = build_settings({"input_size": 64, "batch_size": 64, "num_workers": 2, **json.loads(a.settings)})
     torch.manual_seed(s.seed)
     preset = EvalPreset(input_size=s.input_size)
@@ -43,10 +42,9 @@ def main() -> None:
     loader = pretrain_loader(data, s.batch_size, s.num_workers)
     model = SimSiam(s, steps_per_epoch=len(loader), global_batch=s.batch_size)
     optimizer = model.configure_optimizers()
-    bf16 = resolve_precision(s.precision, torch.device("cpu")) == "bf16-mixed"
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    precision = resolve_precision(s.precision, torch.device("cpu"))
 
-    print(f"dataset {dataset}, settings {json.loads(a.settings)}, bf16 {bf16}")
+    print(f"dataset {dataset}, settings {json.loads(a.settings)}, precision {precision}")
     print(f"{'step':>6}{'seconds':>9}{'probe acc':>11}{'kNN acc':>9}")
 
     probing = 0.0  # seconds spent probing, left out of the training time
@@ -67,7 +65,7 @@ def main() -> None:
                 if not group["fixed_lr"]:
                     group["lr"] = cosine_lr(model.peak_lr, step / a.steps)
             model.train()
-            with autocast:
+            with autocast(precision, torch.device("cpu")):
                 loss, _, _ = model.loss(x0, x1)
             optimizer.zero_grad()
             loss.backward()

@@ -22,7 +22,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
-from bench.accuracy_budget import dataset_root
+from bench.datasets import bench_dataset
 from dataset.reader import read_labelled
 from evaluation.features import run_frozen
 from evaluation.probe import make_probe
@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--model_path", type=Path, nargs="*", default=[], help="model folders written by client_train.py")
     p.add_argument("--input_size", type=int, default=64)
     a = p.parse_args()
-    dataset = dataset_root(a.dataset)
+    dataset = bench_dataset(a.dataset)
     valid = read_labelled(dataset, "valid")
     s = Settings(input_size=a.input_size)
     encoders: dict[str, torch.nn.Module] = {}

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.datasets import bench_dataset
 from dataset.reader import Skipped, read_labelled
 from evaluation.features import run_frozen
 from evaluation.probe import fit_head
@@ -48,26 +49,8 @@ DATASET_SETTINGS = {
 }
 
 
-def dataset_root(name: str, valid_per_class: int | None) -> Path:
-    """The benchmark datasets, made once under /tmp: more test images than the defaults, for a steadier score."""
-    tmp = Path(tempfile.gettempdir())
-    if name == "demo":
-        from dataset.demo import VERSION, make_demo_dataset
-
-        v = valid_per_class or 100
-        root = tmp / f"simsiam_bench_refine_demo_v{VERSION}_{v}"
-        if not (root / "test").is_dir():
-            make_demo_dataset(root, train_per_class=500, valid_per_class=v, test_per_class=50)
-        return root
-    if name == "photo":
-        from bench.photo_data import make_photo_dataset
-
-        v = valid_per_class or 20
-        root = tmp / f"simsiam_bench_refine_photo_{v}"
-        if not (root / "test").is_dir():
-            make_photo_dataset(root, per_class={"train": 160, "valid": v, "test": 20})
-        return root
-    return Path(name)
+# (a)-(c) are scored on `test`: more test images than the generators' defaults, for a steadier score.
+BENCH_SIZES = {"demo": (500, 100, 50), "photo": (160, 20, 20)}
 
 
 def _run(cmd: list[str], runs: Path) -> None:
@@ -135,7 +118,8 @@ def main() -> None:
     p.add_argument("--settings", default="{}", help="extra settings for every arm, as JSON")
     a = p.parse_args()
     preset = EvalPreset(input_size=a.input_size)
-    dataset = dataset_root(a.dataset, a.valid_per_class)
+    train, valid, test = BENCH_SIZES.get(a.dataset, (None, None, None))
+    dataset = bench_dataset(a.dataset, train, a.valid_per_class or valid, test)
     common = {
         "input_size": a.input_size,
         "batch_size": 64,

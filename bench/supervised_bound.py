@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from torchvision.transforms import v2
 
-from bench.accuracy_budget import dataset_root
+from bench.datasets import bench_dataset
 from bench.random_init_probe import probe_encoder
 from dataset.demo import make_demo_dataset
 from dataset.reader import read_labelled
 from handler.eval_preset import EvalPreset, load_for_eval
-from jobs.device import cpu_has_native_bf16
+from jobs.device import autocast, resolve_precision
 from training.backbone import build_backbone
 from training.settings import Settings
 
@@ -38,7 +38,7 @@ def main() -> None:
     a = p.parse_args()
     s = Settings(input_size=a.input_size)
     torch.manual_seed(0)
-    dataset = dataset_root("demo")
+    dataset = bench_dataset("demo")
     preset = EvalPreset(input_size=a.input_size)
     with tempfile.TemporaryDirectory() as tmp:
         labelled = make_demo_dataset(
@@ -63,7 +63,7 @@ def main() -> None:
     while time.monotonic() - t0 < a.budget_s:
         idx = torch.randint(0, len(x_all), (a.batch_size,))
         x = torch.stack([augment(x_all[i]) for i in idx])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_has_native_bf16()):
+        with autocast(resolve_precision("auto", torch.device("cpu")), torch.device("cpu")):
             loss = torch.nn.functional.cross_entropy(model(x), y_all[idx])
         optimizer.zero_grad()
         loss.backward()

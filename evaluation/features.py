@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from dataset.reader import EvalImages, collate_eval
 from handler.eval_preset import EvalPreset
+from jobs import stop
 
 
 def run_frozen(
@@ -38,6 +39,7 @@ def run_frozen(
     outputs, kept, bad = [], [], []
     with torch.inference_mode():
         for x, idx, errors in loader:
+            stop.check()  # hours of scoring on a large split: a swallowed Ctrl-C (jobs/stop.py) stops it here
             bad.extend(errors)
             if x is None:
                 continue

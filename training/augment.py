@@ -18,6 +18,7 @@ takes a few ms; CPU workers jittering and blurring a batch of 256 take far longe
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -117,8 +118,7 @@ class SimSiamAugment:
         x = self._color_jitter(x, p)
         x = torch.where(p.gray[:, None, None, None], _grayscale(x).expand_as(x), x)
         x = self._blur(x, p.blur, p.sigma)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        mean, std = _mean_std(x.device)
         return (x - mean) / std
 
     def _color_jitter(self, x: torch.Tensor, p: ViewParams) -> torch.Tensor:
@@ -209,6 +209,16 @@ def augments_on_device(s: Settings, device: torch.device) -> bool:
     """Whether the model finishes the views on its device (`augment_on`; "auto": on a GPU, not on a CPU, where the
     workers run beside the model on the same cores and the batched path already keeps up)."""
     return s.augment_on == "device" or (s.augment_on == "auto" and device.type == "cuda")
+
+
+@functools.cache
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std as 1x3x1x1 tensors, made once per device: building them per batch was a small
+    blocking host-to-GPU copy every step. Never inference tensors: a first call under inference_mode must not
+    make them unusable outside it."""
+    with torch.inference_mode(False):
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        return mean, torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
 
 
 def _grayscale(x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
 from lightly.utils.debug import std_of_l2_normalized
 from pytorch_lightning.callbacks import Timer
 
+from jobs import stop
 from training.augment import augment_for
 from training.backbone import build_backbone
 from training.settings import Settings
@@ -133,6 +134,7 @@ class SimSiam(pl.LightningModule):
         return timer.time_elapsed("train") if timer is not None else time.monotonic() - self._fit_start
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        stop.check()  # a Ctrl-C or SIGTERM that landed where it was swallowed (jobs/stop.py) stops the fit here
         # Cosine decay of the encoder lr (paper Sec. 4). With a wall-clock budget the schedule follows
         # whichever ends first, so a CPU run stopped by the budget still ends at a low lr.
         progress = self.global_step / self.total_steps

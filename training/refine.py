@@ -36,6 +36,7 @@ from evaluation.features import run_frozen
 from evaluation.probe import fit_head
 from export.torchscript import Classifier
 from handler.eval_preset import EvalPreset
+from jobs import stop
 from jobs.device import autocast
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ def finetune(
         model.train()  # each epoch: on_epoch may have scored the model in eval mode
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in loader:
+            stop.check()  # a stop signal that was swallowed somewhere (jobs/stop.py) ends the stage here
             progress = step / total_steps
             if time_budget_s > 0:
                 progress = max(progress, (time.monotonic() - start) / time_budget_s)
