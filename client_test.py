@@ -49,9 +49,11 @@ def main(args: argparse.Namespace) -> int:
 
     from dataset.reader import DatasetError
     from evaluation.scoring import TestJob, format_summary, run
+    from jobs import stop
     from jobs.device import DeviceError, resolve_device
     from jobs.outputs import OutputError
 
+    stop.install()  # a platform's SIGTERM unwinds like Ctrl-C: nothing half-written, trial.txt unchanged
     try:
         device = resolve_device(args.device)
         trial, evaluation = run(TestJob(dataset, model, device, Path(args.runs_dir)))

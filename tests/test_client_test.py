@@ -194,3 +194,24 @@ def _images(dataset: Path) -> list[Path]:
     from dataset.reader import list_images
 
     return list_images(dataset / "test" / "images")
+
+
+def test_sigterm_while_scoring_unwinds_and_changes_nothing(
+    tiny_dataset: Path, trained_model: dict, tmp_path: Path
+) -> None:
+    """A platform stopping client_test.py mid-scoring: exit 130 like Ctrl-C, no output folder, trial.txt kept.
+    The job sends itself SIGTERM as scoring starts (a default SIGTERM would kill it: exit -15)."""
+    runs = runs_with_a_trial(trained_model, tmp_path)
+    before = snapshot(runs)
+    code = (
+        "import os, signal, sys; import evaluation.scoring as s; real = s.score\n"
+        "def score(*a, **k):\n    os.kill(os.getpid(), signal.SIGTERM)\n    return real(*a, **k)\n"
+        "s.score = score; import client_test\n"
+        "sys.exit(client_test.main(client_test.get_args_parser().parse_args(sys.argv[1:])))"
+    )
+    args = ["--dataset_path", str(tiny_dataset), "--model_path", trained_model["model_path"], "--used_model"]
+    args += [trained_model["gened_model_name"], "--device", "cpu", "--runs_dir", str(runs)]
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert "interrupted: no output folder was committed" in proc.stderr
+    assert snapshot(runs) == before
