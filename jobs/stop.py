@@ -39,6 +39,6 @@ def install() -> None:
 
 
 def reset() -> None:
-    """Forget a request (tests, and a process that runs a second job after handling the first stop)."""
+    """Forget a request: tests run many jobs in one process; a client runs one job and never resets."""
     global _requested
     _requested = None
