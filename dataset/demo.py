@@ -15,7 +15,10 @@ from __future__ import annotations
 import argparse
 import math
 import random
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
@@ -109,29 +112,65 @@ VERSION = 2  # bumped when the drawing changes, so cached copies (bench/) are re
 FORMATS = [("jpg", "JPEG"), ("png", "PNG"), ("jpeg", "JPEG"), ("bmp", "BMP"), ("webp", "WEBP"), ("tiff", "TIFF")]
 
 
-def draw_image(cls: str, r: random.Random, min_side: int, max_side: int) -> Image.Image:
+@dataclass
+class Sketch:
+    """An image drawn at 2x with every random choice for it made: finish() does the pixel work that is left
+    (downsampling, blur, colour mode, encoding), which draws no random numbers, so it can run on another thread
+    while the next image is drawn and the dataset stays the same for a seed."""
+
+    canvas: Image.Image
+    size: tuple[int, int]
+    blur: float  # Gaussian radius; 0 = none
+    fmt: str
+    mode: str  # "RGB", "L" or "RGBA"
+    alpha: int
+    quality: int | None
+    path: Path
+
+    def finish(self) -> Path:
+        im = self.canvas.resize(self.size, Image.Resampling.LANCZOS)
+        if self.blur:
+            im = im.filter(ImageFilter.GaussianBlur(self.blur))
+        if self.mode == "L":
+            im = im.convert("L")
+        elif self.mode == "RGBA":
+            im = im.convert("RGBA")
+            im.putalpha(Image.new("L", im.size, self.alpha))
+        im.save(self.path, self.fmt, **({"quality": self.quality} if self.quality is not None else {}))
+        return self.path
+
+
+def _draw(cls: str, r: random.Random, min_side: int, max_side: int) -> tuple[Image.Image, tuple[int, int], float]:
+    """(canvas drawn at 2x, final size, blur radius or 0) for one image of `cls`."""
     s = r.randint(min_side, max_side)
     bg = Palette(r)
     # Draw 2x larger and downsample: anti-aliased edges, like photographs.
-    im = bg.image(2 * s, r.uniform(0, 2 * math.pi))
-    CLASSES[cls](ImageDraw.Draw(im), 2 * s, r, bg)
-    im = im.resize((s, int(s * r.uniform(0.75, 1.33))), Image.Resampling.LANCZOS)
-    if r.random() < 0.3:
-        im = im.filter(ImageFilter.GaussianBlur(r.uniform(0.3, 1.2)))
-    return im
+    canvas = bg.image(2 * s, r.uniform(0, 2 * math.pi))
+    CLASSES[cls](ImageDraw.Draw(canvas), 2 * s, r, bg)
+    size = (s, int(s * r.uniform(0.75, 1.33)))
+    return canvas, size, r.uniform(0.3, 1.2) if r.random() < 0.3 else 0.0
 
 
-def save_image(im: Image.Image, path_stem: Path, r: random.Random) -> Path:
+def draw_image(cls: str, r: random.Random, min_side: int, max_side: int) -> Image.Image:
+    """One RGB image of `cls`, downsampled and maybe blurred (no file)."""
+    canvas, size, blur = _draw(cls, r, min_side, max_side)
+    im = canvas.resize(size, Image.Resampling.LANCZOS)
+    return im.filter(ImageFilter.GaussianBlur(blur)) if blur else im
+
+
+def sketch(drawn: tuple[Image.Image, tuple[int, int], float], r: random.Random, path_stem: Path) -> Sketch:
+    """A drawn image (`_draw`) with its remaining random choices made: format, colour mode, quality."""
+    canvas, size, blur = drawn
     ext, fmt = FORMATS[r.randrange(len(FORMATS))]
-    mode = r.random()
+    mode, alpha = r.random(), 0
     if mode < 0.15:
-        im = im.convert("L")
+        mode = "L"
     elif mode < 0.25 and fmt in ("PNG", "WEBP", "TIFF"):
-        im = im.convert("RGBA")
-        im.putalpha(Image.new("L", im.size, r.randint(160, 255)))
-    path = path_stem.with_suffix("." + ext)
-    im.save(path, fmt, **({"quality": r.randint(75, 95)} if fmt in ("JPEG", "WEBP") else {}))
-    return path
+        mode, alpha = "RGBA", r.randint(160, 255)
+    else:
+        mode = "RGB"
+    quality = r.randint(75, 95) if fmt in ("JPEG", "WEBP") else None
+    return Sketch(canvas, size, blur, fmt, mode, alpha, quality, path_stem.with_suffix("." + ext))
 
 
 def make_demo_dataset(
@@ -149,18 +188,29 @@ def make_demo_dataset(
     classes = classes or sorted(CLASSES)
     for split in ("train", "valid", "test"):
         (root / split / "annotations").mkdir(parents=True, exist_ok=True)
-    for cls in classes:
-        for k in range(train_per_class):
-            folder = root / "train" / "images" / f"batch_{k % 3}"  # nested; names carry no label
-            folder.mkdir(parents=True, exist_ok=True)
-            save_image(
-                draw_image(cls, r, min_side, max_side), folder / f"img_{cls[:2]}{k:05d}_{r.getrandbits(24):06x}", r
-            )
-        for split, n in (("valid", valid_per_class), ("test", test_per_class)):
-            folder = root / split / "images" / cls
-            folder.mkdir(parents=True, exist_ok=True)
-            for k in range(n):
-                save_image(draw_image(cls, r, min_side, max_side), folder / f"{cls}_{k:04d}", r)
+    # Drawing (and every random draw) stays on this thread, in order; Pillow releases the GIL while it resizes
+    # and encodes, so a second thread finishing the images nearly halves the time on 2 cores.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending: deque[Future] = deque()
+
+        def add(sk: Sketch) -> None:
+            pending.append(pool.submit(sk.finish))
+            while len(pending) > 8:  # a few images in flight: bounded memory
+                pending.popleft().result()
+
+        for cls in classes:
+            for k in range(train_per_class):
+                folder = root / "train" / "images" / f"batch_{k % 3}"  # nested; names carry no label
+                folder.mkdir(parents=True, exist_ok=True)
+                drawn = _draw(cls, r, min_side, max_side)  # then the name's random suffix, as always
+                add(sketch(drawn, r, folder / f"img_{cls[:2]}{k:05d}_{r.getrandbits(24):06x}"))
+            for split, n in (("valid", valid_per_class), ("test", test_per_class)):
+                folder = root / split / "images" / cls
+                folder.mkdir(parents=True, exist_ok=True)
+                for k in range(n):
+                    add(sketch(_draw(cls, r, min_side, max_side), r, folder / f"{cls}_{k:04d}"))
+        while pending:
+            pending.popleft().result()
     return root
 
 

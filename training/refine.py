@@ -281,6 +281,19 @@ class HeldOutWatch:
         log.info("refine (held-out run) epoch %d: %s", epoch, row)
 
 
+def held_out_budget(budget_s: float, setup_s: float, n_fit: int, n_all: int) -> float:
+    """The held-out run's training budget, so that the whole stage (both runs) ends near `budget_s`.
+
+    `setup_s` is what the held-out run spent before training (decoding, BatchNorm statistics, the probe head); the
+    final run spends about as much again, scaled by its images. What is left splits in proportion to the images
+    each run trains on, so both runs get about the same epochs. 0 = no budget; a budget the set-up already used
+    up leaves a token amount (finetune() still completes one epoch)."""
+    if budget_s <= 0:
+        return 0.0
+    left = budget_s - setup_s * (1 + n_all / n_fit)
+    return max(left * n_fit / (n_fit + n_all), 1e-3)
+
+
 def refine(
     encoder: nn.Module,
     paths: list[Path],
@@ -306,11 +319,10 @@ def refine(
         labels = [labels[i] for i in images.kept]
     fit, held = stratified_holdout(labels, recipe.holdout, recipe.seed)
     curve: list[dict] = []
-    # The budget splits in proportion to the images each run trains on, so both runs get about the same epochs.
-    held_budget = recipe.time_budget_s * len(fit) / (len(fit) + len(labels)) if recipe.time_budget_s > 0 else 0.0
 
     enc = copy.deepcopy(encoder)
     head = _lp_head(enc, [paths[i] for i in fit], [labels[i] for i in fit], n_classes, preset, device)
+    held_budget = held_out_budget(recipe.time_budget_s, time.monotonic() - t0, len(fit), len(labels))
     watch = HeldOutWatch(enc, head, [paths[i] for i in held], [labels[i] for i in held], preset, device, curve)
     epochs = finetune(enc, head, images.subset(fit), recipe, device, recipe.epochs, held_budget, watch.on_epoch)
     predictions, acc = watch.predictions, watch.acc

@@ -58,7 +58,7 @@ class Settings:
     refine_lr: float = 0.2  # fine-tuning backbone base lr; used lr = refine_lr x batch / 256 (bench/refine_recipe.py)
     refine_head_lr: float = 0.2  # head base lr (the head starts from the linear probe)
     refine_holdout: float = 0.2  # share of each valid class held out for the refined accuracy (metric_value)
-    refine_time_budget_s: float = 0.0  # wall-clock cap on the refine stage's training (0 = none)
+    refine_time_budget_s: float = 0.0  # wall-clock cap on the whole refine stage, both runs (0 = none)
     knn_k: int = 20  # neighbours for the logged kNN accuracy
     devices: int = 1  # devices per node (GPUs, or CPU processes with strategy ddp)
     num_nodes: int = 1

@@ -13,7 +13,7 @@ from dataset.reader import Skipped
 from handler.eval_preset import EvalPreset
 from training.backbone import build_backbone
 from training.model import SimSiam
-from training.refine import RefineRecipe, predict, refine, stratified_holdout
+from training.refine import RefineRecipe, held_out_budget, predict, refine, stratified_holdout
 
 
 def _noise_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -35,6 +35,14 @@ def test_holdout_is_stratified_and_keeps_every_class_in_the_fit_part():
     assert held_per_class == [2, 1, 1, 0]  # 20 % rounded, at least 1 where a class has 2, none from a single image
     assert set(labels[i] for i in fit) == {0, 1, 2, 3}
     assert stratified_holdout(labels, 0.2, seed=0) == (fit, held)  # seeded
+
+
+def test_the_budget_covers_both_runs_and_their_set_up():
+    # 480 fit + 600 all images; 6 s set-up now, about 7.5 s more for the final run's: 100 - 13.5 = 86.5 s to train,
+    # 4/9 of it for the held-out run (its 480 images against the final run's 600, same epochs)
+    assert held_out_budget(100.0, 6.0, 480, 600) == pytest.approx(86.5 * 480 / 1080)
+    assert held_out_budget(0.0, 6.0, 480, 600) == 0.0  # no budget: epochs only
+    assert 0 < held_out_budget(10.0, 6.0, 480, 600) < 0.01  # set-up used it up: a token budget, one epoch
 
 
 def test_random_labels_give_chance_held_out_while_the_refined_model_fits_its_training_images(tmp_path):
