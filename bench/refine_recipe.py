@@ -32,6 +32,12 @@ def main() -> None:
     p.add_argument("--model_path", type=Path, required=True)
     p.add_argument("--budget_s", type=float, default=60)
     p.add_argument("--variants", default="[{}]", help="JSON list of RefineRecipe overrides")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="refine seed (held-out split, batch order); default: the run's",
+    )
     a = p.parse_args()
     device = torch.device("cpu")
     (ckpt,) = (a.model_path / "checkpoints").glob("*.ckpt")
@@ -44,7 +50,7 @@ def main() -> None:
         time_budget_s=a.budget_s,
         min_scale=settings.min_scale,
         precision=resolve_precision(settings.precision, device),
-        seed=settings.seed,
+        seed=settings.seed if a.seed is None else a.seed,
     )
     rows = []
     for overrides in json.loads(a.variants):

@@ -32,9 +32,9 @@ class ProbeResult:
     held_out: list[int]  # each image's class from the fold that did not see it; -1 where no head could be fitted
 
 
-def make_probe() -> object:
-    """The probe: standardised features, multinomial logistic regression (C = 1)."""
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+def make_probe(c: float = 1.0) -> object:
+    """The probe: standardised features, multinomial logistic regression (inverse L2 strength C)."""
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=c))
 
 
 def _folds(labels: np.ndarray, wanted: int) -> StratifiedKFold:
@@ -73,7 +73,7 @@ def linear_probe(features: torch.Tensor, labels: list[int], cv_folds: int, knn_k
     return ProbeResult(acc, knn_correct / len(y), splitter.get_n_splits(), head, held_out.tolist())
 
 
-def fit_head(features: torch.Tensor, labels: list[int], n_classes: int) -> nn.Linear:
+def fit_head(features: torch.Tensor, labels: list[int], n_classes: int, c: float = 1.0) -> nn.Linear:
     """The probe fitted on all of (features NxC, labels), folded into one nn.Linear: logits = head(features).
 
     Every class in [0, n_classes) must occur in `labels`. Also the head LP-FT starts fine-tuning from
@@ -82,7 +82,7 @@ def fit_head(features: torch.Tensor, labels: list[int], n_classes: int) -> nn.Li
     y = np.asarray(labels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (ConvergenceWarning, UserWarning))
-        final = make_probe().fit(x, y)
+        final = make_probe(c).fit(x, y)
     head = _fold_into_linear(final, n_classes)
     # The folded head must reproduce scikit-learn's scores exactly (up to float32 rounding).
     ref = final.decision_function(x)

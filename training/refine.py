@@ -48,6 +48,7 @@ class RefineRecipe:
     batch_size: int = 64
     lr: float = 0.2  # backbone base lr; used lr = lr x batch / 256 (bench/refine_recipe.py: 0.2 beat 0.01-0.5)
     head_lr: float = 0.2  # head base lr
+    head_c: float = 1.0  # inverse L2 strength of the probe head LP-FT starts from
     momentum: float = 0.9
     min_scale: float = 0.2  # RandomResizedCrop lower bound
     time_budget_s: float = 0.0  # the whole stage (held-out run + final run); 0 = epochs only
@@ -242,12 +243,18 @@ def recalibrate_batchnorm(
 
 
 def _lp_head(
-    encoder: nn.Module, paths: list[Path], labels: list[int], n_classes: int, preset: EvalPreset, device: torch.device
+    encoder: nn.Module,
+    paths: list[Path],
+    labels: list[int],
+    n_classes: int,
+    preset: EvalPreset,
+    device: torch.device,
+    c: float,
 ) -> nn.Linear:
     """LP-FT's first step: BatchNorm statistics and the linear probe from the images the run trains on."""
     recalibrate_batchnorm(encoder, paths, preset, device)
     features, kept, _ = run_frozen(encoder, paths, preset, device)
-    return fit_head(features, [labels[i] for i in kept], n_classes)
+    return fit_head(features, [labels[i] for i in kept], n_classes, c)
 
 
 @dataclass
@@ -321,7 +328,7 @@ def refine(
     curve: list[dict] = []
 
     enc = copy.deepcopy(encoder)
-    head = _lp_head(enc, [paths[i] for i in fit], [labels[i] for i in fit], n_classes, preset, device)
+    head = _lp_head(enc, [paths[i] for i in fit], [labels[i] for i in fit], n_classes, preset, device, recipe.head_c)
     held_budget = held_out_budget(recipe.time_budget_s, time.monotonic() - t0, len(fit), len(labels))
     watch = HeldOutWatch(enc, head, [paths[i] for i in held], [labels[i] for i in held], preset, device, curve)
     epochs = finetune(enc, head, images.subset(fit), recipe, device, recipe.epochs, held_budget, watch.on_epoch)
@@ -330,6 +337,6 @@ def refine(
     def final_epoch(epoch: int, loss: float, train_acc: float, progress: float) -> None:
         curve.append({"run": "final", "epoch": epoch, "loss": round(loss, 4), "train_acc": round(train_acc, 4)})
 
-    head = _lp_head(encoder, paths, labels, n_classes, preset, device)
+    head = _lp_head(encoder, paths, labels, n_classes, preset, device, recipe.head_c)
     finetune(encoder, head, images, recipe, device, epochs, 0.0, final_epoch)
     return RefineResult(encoder, head, acc, held, predictions, epochs, time.monotonic() - t0, curve)
