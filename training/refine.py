@@ -49,6 +49,8 @@ class RefineRecipe:
     lr: float = 0.2  # backbone base lr; used lr = lr x batch / 256 (bench/refine_recipe.py: 0.2 beat 0.01-0.5)
     head_lr: float = 0.2  # head base lr
     head_c: float = 1.0  # inverse L2 strength of the probe head LP-FT starts from
+    warmup: float = 0.0  # share of the schedule with a linear lr warm-up (MAE's fine-tuning; SimCLR's has none)
+    layer_decay: float = 1.0  # layer-wise lr decay (BEiT/MAE): stage k of 5 below the head gets lr x decay^k
     momentum: float = 0.9
     min_scale: float = 0.2  # RandomResizedCrop lower bound
     time_budget_s: float = 0.0  # the whole stage (held-out run + final run); 0 = epochs only
@@ -130,6 +132,23 @@ def stratified_holdout(labels: list[int], share: float, seed: int) -> tuple[list
     return sorted(fit), sorted(held)
 
 
+def _stages(encoder: nn.Module) -> dict[int, list[nn.Parameter]]:
+    """The encoder's parameters by depth: 1-4 for a ResNet's layer1-layer4, 0 for the stem and anything else."""
+    stages: dict[int, list[nn.Parameter]] = {}
+    for name, param in encoder.named_parameters():
+        top = name.split(".")[0]
+        depth = int(top[5:]) if top.startswith("layer") and top[5:].isdigit() else 0
+        stages.setdefault(depth, []).append(param)
+    return stages
+
+
+def _schedule(progress: float, warmup: float) -> float:
+    """lr factor at `progress` in [0, 1]: linear warm-up over the first `warmup`, then cosine decay to 0."""
+    if progress < warmup:
+        return progress / warmup
+    return 0.5 * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup)))
+
+
 def finetune(
     encoder: nn.Module,
     head: nn.Linear,
@@ -157,11 +176,11 @@ def finetune(
     )
     model = Classifier(encoder, head).to(device, memory_format=torch.channels_last)
     scale = batch / 256
+    groups = [{"params": head.parameters(), "peak": recipe.head_lr * scale}]
+    for depth, params in _stages(encoder).items():
+        groups.append({"params": params, "peak": recipe.lr * scale * recipe.layer_decay ** (5 - depth)})
     optimizer = torch.optim.SGD(
-        [
-            {"params": encoder.parameters(), "lr": recipe.lr * scale, "peak": recipe.lr * scale},
-            {"params": head.parameters(), "lr": recipe.head_lr * scale, "peak": recipe.head_lr * scale},
-        ],
+        [{**g, "lr": g["peak"]} for g in groups],
         momentum=recipe.momentum,
         nesterov=True,
         weight_decay=0.0,
@@ -179,7 +198,7 @@ def finetune(
             if time_budget_s > 0:
                 progress = max(progress, (time.monotonic() - start) / time_budget_s)
             for group in optimizer.param_groups:
-                group["lr"] = group["peak"] * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+                group["lr"] = group["peak"] * _schedule(min(1.0, progress), recipe.warmup)
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
             with autocast(recipe.precision, device):

@@ -13,7 +13,7 @@ from dataset.reader import Skipped
 from handler.eval_preset import EvalPreset
 from training.backbone import build_backbone
 from training.model import SimSiam
-from training.refine import RefineRecipe, held_out_budget, predict, refine, stratified_holdout
+from training.refine import RefineRecipe, _schedule, _stages, held_out_budget, predict, refine, stratified_holdout
 
 
 def _noise_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -43,6 +43,17 @@ def test_the_budget_covers_both_runs_and_their_set_up():
     assert held_out_budget(100.0, 6.0, 480, 600) == pytest.approx(86.5 * 480 / 1080)
     assert held_out_budget(0.0, 6.0, 480, 600) == 0.0  # no budget: epochs only
     assert 0 < held_out_budget(10.0, 6.0, 480, 600) < 0.01  # set-up used it up: a token budget, one epoch
+
+
+def test_lr_schedule_warms_up_then_decays_and_layer_decay_groups_the_resnet_stages():
+    assert _schedule(0.0, 0.0) == 1.0 and _schedule(0.5, 0.0) == pytest.approx(0.5) and _schedule(1.0, 0.0) == 0.0
+    assert _schedule(0.05, 0.1) == pytest.approx(0.5)  # halfway up the warm-up
+    assert _schedule(0.1, 0.1) == 1.0 and _schedule(0.55, 0.1) == pytest.approx(0.5)  # cosine over the rest
+    encoder = build_backbone("resnet18", small_stem=False)[0]
+    stages = _stages(encoder)
+    assert sorted(stages) == [0, 1, 2, 3, 4]  # stem, layer1-layer4
+    assert sum(len(v) for v in stages.values()) == len(list(encoder.parameters()))
+    assert {id(p) for p in stages[0]} == {id(encoder.conv1.weight), id(encoder.bn1.weight), id(encoder.bn1.bias)}
 
 
 def test_random_labels_give_chance_held_out_while_the_refined_model_fits_its_training_images(tmp_path):
