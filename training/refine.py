@@ -144,8 +144,8 @@ def _stages(encoder: nn.Module) -> dict[int, list[nn.Parameter]]:
 
 def _schedule(progress: float, warmup: float) -> float:
     """lr factor at `progress` in [0, 1]: linear warm-up over the first `warmup`, then cosine decay to 0."""
-    if progress < warmup:
-        return progress / warmup
+    if progress < warmup or warmup >= 1:
+        return min(1.0, progress / warmup)
     return 0.5 * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup)))
 
 

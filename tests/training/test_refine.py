@@ -49,6 +49,7 @@ def test_lr_schedule_warms_up_then_decays_and_layer_decay_groups_the_resnet_stag
     assert _schedule(0.0, 0.0) == 1.0 and _schedule(0.5, 0.0) == pytest.approx(0.5) and _schedule(1.0, 0.0) == 0.0
     assert _schedule(0.05, 0.1) == pytest.approx(0.5)  # halfway up the warm-up
     assert _schedule(0.1, 0.1) == 1.0 and _schedule(0.55, 0.1) == pytest.approx(0.5)  # cosine over the rest
+    assert _schedule(1.0, 1.0) == 1.0  # all warm-up: no division by an empty cosine part
     encoder = build_backbone("resnet18", small_stem=False)[0]
     stages = _stages(encoder)
     assert sorted(stages) == [0, 1, 2, 3, 4]  # stem, layer1-layer4
