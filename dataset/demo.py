@@ -128,9 +128,7 @@ class Sketch:
     path: Path
 
     def finish(self) -> Path:
-        im = self.canvas.resize(self.size, Image.Resampling.LANCZOS)
-        if self.blur:
-            im = im.filter(ImageFilter.GaussianBlur(self.blur))
+        im = _downsample(self.canvas, self.size, self.blur)
         if self.mode == "L":
             im = im.convert("L")
         elif self.mode == "RGBA":
@@ -151,11 +149,14 @@ def _draw(cls: str, r: random.Random, min_side: int, max_side: int) -> tuple[Ima
     return canvas, size, r.uniform(0.3, 1.2) if r.random() < 0.3 else 0.0
 
 
-def draw_image(cls: str, r: random.Random, min_side: int, max_side: int) -> Image.Image:
-    """One RGB image of `cls`, downsampled and maybe blurred (no file)."""
-    canvas, size, blur = _draw(cls, r, min_side, max_side)
+def _downsample(canvas: Image.Image, size: tuple[int, int], blur: float) -> Image.Image:
     im = canvas.resize(size, Image.Resampling.LANCZOS)
     return im.filter(ImageFilter.GaussianBlur(blur)) if blur else im
+
+
+def draw_image(cls: str, r: random.Random, min_side: int, max_side: int) -> Image.Image:
+    """One RGB image of `cls`, downsampled and maybe blurred (no file)."""
+    return _downsample(*_draw(cls, r, min_side, max_side))
 
 
 def sketch(drawn: tuple[Image.Image, tuple[int, int], float], r: random.Random, path_stem: Path) -> Sketch:
