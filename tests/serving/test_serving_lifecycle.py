@@ -146,8 +146,13 @@ def test_sigterm_while_the_model_loads_stops_everything(trained_model, tmp_path)
     svc = start_service(trained_model, tmp_path / "client_infer.log", wait=False)
     try:
         assert _first_answer(svc, "/health").status_code == 503
-        family = svc.snapshot()
-        assert "java" in {p.name() for p in family}
+        # The proxy answers before TorchServe's launcher has started Java: wait for the JVM, still before ready.
+        deadline = time.monotonic() + 60
+        while "java" not in {p.name() for p in svc.snapshot()}:
+            assert svc.proc.poll() is None and time.monotonic() < deadline, svc.output()[-3000:]
+            time.sleep(0.1)
+        family = svc.family
+        assert requests.get(f"{svc.url}/health", timeout=5).status_code == 503, "loaded before the signal"
         t0 = time.monotonic()
         svc.proc.send_signal(signal.SIGTERM)
         assert svc.proc.wait(30) == 0, svc.output()[-3000:]
