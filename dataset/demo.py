@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import shutil
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -184,7 +185,32 @@ def make_demo_dataset(
     seed: int = 0,
     classes: list[str] | None = None,
 ) -> Path:
-    """Write the dataset under root (train/valid/test with images/ and empty annotations/)."""
+    """Write the dataset under root (train/valid/test with images/ and empty annotations/).
+
+    root must be missing or empty. The images go to a sibling `<root>.partial` first, renamed to root when
+    complete: a generation stopped half-way leaves no root that a later run would take for the whole dataset.
+    """
+    if root.is_dir() and any(root.iterdir()):
+        raise FileExistsError(f"{root} already holds files; remove it or name a new folder for the demo dataset")
+    partial = root.with_name(root.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # an earlier, interrupted generation
+    _write(partial, train_per_class, valid_per_class, test_per_class, min_side, max_side, seed, classes)
+    if root.is_dir():
+        root.rmdir()  # empty (checked above): a folder the caller made for it
+    partial.rename(root)
+    return root
+
+
+def _write(
+    root: Path,
+    train_per_class: int,
+    valid_per_class: int,
+    test_per_class: int,
+    min_side: int,
+    max_side: int,
+    seed: int,
+    classes: list[str] | None,
+) -> None:
     r = random.Random(seed)
     classes = classes or sorted(CLASSES)
     for split in ("train", "valid", "test"):
@@ -212,12 +238,11 @@ def make_demo_dataset(
                     add(sketch(_draw(cls, r, min_side, max_side), r, folder / f"{cls}_{k:04d}"))
         while pending:
             pending.popleft().result()
-    return root
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("root", type=Path, help="output folder (created)")
+    p.add_argument("root", type=Path, help="output folder (created; must be missing or empty)")
     p.add_argument("--train-per-class", type=int, default=500, help="unlabelled train images per class (default 500)")
     p.add_argument("--valid-per-class", type=int, default=100, help="default 100")
     p.add_argument("--test-per-class", type=int, default=25, help="default 25")
@@ -225,9 +250,12 @@ def main() -> None:
     p.add_argument("--max-side", type=int, default=256, help="largest image side in px (default 256)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    root = make_demo_dataset(
-        a.root, a.train_per_class, a.valid_per_class, a.test_per_class, a.min_side, a.max_side, a.seed
-    )
+    try:
+        root = make_demo_dataset(
+            a.root, a.train_per_class, a.valid_per_class, a.test_per_class, a.min_side, a.max_side, a.seed
+        )
+    except FileExistsError as e:
+        p.error(str(e))
     print(f"demo dataset written to {root.resolve()}")
 
 
