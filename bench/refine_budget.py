@@ -8,7 +8,8 @@ For each seed, scored on the `test` split (never used by any of them):
     budget, then the refine stage (LP-FT, held-out run + final run) for the rest; tested with client_test.py
     (the exported TorchScript model and the serving preset).
 (b) supervised from scratch: the same encoder randomly initialised, through the same refine stage
-    (training.train.downstream: the same recipe, held-out run included) for the whole budget.
+    (training.train.downstream: the same recipe, held-out run included) for the whole budget, on the labels only
+    (no distillation: it has no unlabelled images; its epochs end with the budget, whatever --settings says).
 (c) SimSiam + linear probe (the product before the refine stage): (a)'s pretrained encoder, frozen, with the
     probe head fitted on all of `valid`. It gets (a)'s pretraining time, not the whole budget: the probe has
     flattened by then on both datasets (docs/benchmarks.md, "What limits the demo").
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -116,6 +118,8 @@ def main() -> None:
     p.add_argument("--valid_per_class", type=int, default=None, help="labelled images per class (default: 100/20)")
     p.add_argument("--input_size", type=int, default=64)
     p.add_argument("--settings", default="{}", help="extra settings for every arm, as JSON")
+    p.add_argument("--no_scratch", action="store_true", help="skip (b), e.g. when only the split changes")
+    p.add_argument("--keep_runs", type=Path, default=None, help="keep (a)'s runs folder here (<dir>/seed<N>)")
     a = p.parse_args()
     preset = EvalPreset(input_size=a.input_size)
     train, valid, test = BENCH_SIZES.get(a.dataset, (None, None, None))
@@ -132,17 +136,23 @@ def main() -> None:
     pre = a.budget_s * a.pretrain_share
     rows = []
     for seed in a.seeds:
-        with tempfile.TemporaryDirectory() as runs:
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = a.keep_runs / f"seed{seed}" if a.keep_runs else Path(tmp)
+            runs.mkdir(parents=True, exist_ok=True)
             settings = {**common, "seed": seed, "time_budget_s": pre, "refine_time_budget_s": a.budget_s - pre}
             t = time.monotonic()
-            model, trial, acc_a = product(dataset, settings, Path(runs))
+            model, trial, acc_a = product(dataset, settings, runs)
             info = json.loads((model / "model_info.json").read_text())
             took = trial["train_consuming"]["SimSiam"]
             acc_c = probe_of(model, dataset, preset)
             print(f"seed {seed}: (a) {acc_a:.4f}  (c) {acc_c:.4f}  [{time.monotonic() - t:.0f} s]", flush=True)
         t = time.monotonic()
-        scratch = {**common, "seed": seed, "refine_time_budget_s": a.budget_s}
-        held_b, acc_b, epochs_b = from_scratch(dataset, scratch, seed)
+        if a.no_scratch:  # (b) does not depend on the split: take it from a run at the same budget and seed
+            held_b, acc_b, epochs_b = math.nan, math.nan, 0
+        else:
+            # Supervised only, trained until the budget ends whatever epochs --settings gives (a)
+            scratch = {**common, "seed": seed, "refine_time_budget_s": a.budget_s, "refine_epochs": 10_000}
+            held_b, acc_b, epochs_b = from_scratch(dataset, scratch, seed)
         b_time = time.monotonic() - t
         print(f"seed {seed}: (b) {acc_b:.4f}  [{b_time:.0f} s]", flush=True)
         rows.append(

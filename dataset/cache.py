@@ -40,7 +40,7 @@ def to_uint8_tensor(im: Image.Image) -> torch.Tensor:
 
 class ImageCache:
     """`cache.pixels(i)` -> uint8 3xHxW of the i-th *readable* path (shorter side <= keep_side);
-    `cache.kept[i]` is its index in the `paths` given."""
+    `cache.kept[i]` is its index in the `paths` given, `cache.paths[i]` its file."""
 
     def __init__(
         self, paths: list[Path], keep_side: int, cache_mb: int, skipped: Skipped, threads: int = 4, what: str = "train"
@@ -72,6 +72,7 @@ class ImageCache:
                         self.cached_bytes += pixels.nbytes
                     else:
                         self.items.append(p)
+        self.paths = [paths[i] for i in self.kept]
         if not self.items:
             raise DatasetError(f"none of the {len(paths)} {what} images could be read (see the warnings above)")
         log.info(
@@ -91,6 +92,7 @@ class ImageCache:
         sub = copy.copy(self)
         sub.items = [self.items[i] for i in indices]
         sub.kept = [self.kept[i] for i in indices]
+        sub.paths = [self.paths[i] for i in indices]
         sub.cached_bytes = sum(item.nbytes for item in sub.items if isinstance(item, torch.Tensor))
         return sub
 

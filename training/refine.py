@@ -38,6 +38,7 @@ from export.torchscript import Classifier
 from handler.eval_preset import EvalPreset
 from jobs import stop
 from jobs.device import autocast
+from training.distill import distill_images, teacher_targets
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class RefineRecipe:
     layer_decay: float = 1.0  # layer-wise lr decay (BEiT/MAE): stage k of 5 below the head gets lr x decay^k
     momentum: float = 0.9
     min_scale: float = 0.2  # RandomResizedCrop lower bound
+    distill_epochs: int = 0  # self-distillation epochs over the unlabelled images after fine-tuning (0 = none)
+    distill_temperature: float = 1.0  # of the teacher's soft targets (SimCLRv2: 1)
     time_budget_s: float = 0.0  # the whole stage (held-out run + final run); 0 = epochs only
     holdout: float = 0.2  # share of each class held out for the accuracy
     precision: str = "32-true"  # "bf16-mixed" / "16-mixed": autocast, as in pretraining
@@ -69,18 +72,21 @@ class RefineResult:
     predictions: list[int]  # the held-out run's class for each of held_out
     epochs: int
     fit_time_s: float  # both runs
+    distill_epochs: int = 0
+    teacher_acc: float | None = None  # held-out accuracy after fine-tuning, before distillation
     curve: list[dict] = field(default_factory=list)  # per epoch: run, epoch, loss, train_acc (+ held_out_acc)
 
 
 class RefineImages(ImageCache):
-    """Labelled images for fine-tuning: `__getitems__(indices)` -> (x float Nx3xSxS normalised, y long N).
+    """Labelled images for fine-tuning: `__getitems__(indices)` -> (x float Nx3xSxS normalised, y: long N
+    class indices, or float N x C class probabilities for distillation).
 
     Augmentation: random resized crop + horizontal flip only (SimCLR's fine-tuning recipe)."""
 
     def __init__(
         self,
         paths: list[Path],
-        labels: list[int],
+        labels: list[int] | torch.Tensor,
         preset: EvalPreset,
         min_scale: float,
         cache_mb: int,
@@ -88,7 +94,7 @@ class RefineImages(ImageCache):
         threads: int = 4,
     ) -> None:
         super().__init__(paths, 2 * preset.input_size, cache_mb, skipped, threads, what="valid")
-        self.labels = torch.tensor([labels[i] for i in self.kept])
+        self.labels = torch.as_tensor(labels)[self.kept]  # class indices N, or class probabilities N x C
         self.size = preset.input_size
         self.scale = (min_scale, 1.0)
         self.mean = torch.tensor(preset.mean).view(1, 3, 1, 1)
@@ -210,7 +216,7 @@ def finetune(
             scaler.update()
             step += 1
             loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            correct += int((logits.argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum())
             seen += len(y)
         done = epoch + 1
         progress = done / epochs
@@ -290,14 +296,19 @@ class HeldOutWatch:
     curve: list[dict]
     predictions: list[int] = field(default_factory=list)  # the newest look's class per held-out image
     next_look: float = 0.1
+    phase: str = "finetune"  # or "distill"
+    first_epoch: int = 0  # the epochs before this phase: the curve counts on
 
     @property
     def acc(self) -> float:
         """Accuracy of the newest look's predictions on the held-out images."""
         return float((np.asarray(self.predictions) == np.asarray(self.labels)).mean())
 
+    def start(self, phase: str, first_epoch: int) -> None:
+        self.phase, self.first_epoch, self.next_look = phase, first_epoch, 0.1
+
     def on_epoch(self, epoch: int, loss: float, train_acc: float, progress: float) -> None:
-        row = {"run": "held-out", "epoch": epoch, "loss": round(loss, 4), "train_acc": round(train_acc, 4)}
+        row = _row("held-out", self.phase, self.first_epoch + epoch, loss, train_acc)
         if progress >= self.next_look or progress >= 1:
             self.next_look = progress + 0.1
             self.predictions = predict(self.encoder, self.head, self.paths, self.preset, self.device)
@@ -307,17 +318,28 @@ class HeldOutWatch:
         log.info("refine (held-out run) epoch %d: %s", epoch, row)
 
 
-def held_out_budget(budget_s: float, setup_s: float, n_fit: int, n_all: int) -> float:
-    """The held-out run's training budget, so that the whole stage (both runs) ends near `budget_s`.
+def _row(run: str, phase: str, epoch: int, loss: float, train_acc: float) -> dict:
+    return {"run": run, "phase": phase, "epoch": epoch, "loss": round(loss, 4), "train_acc": round(train_acc, 4)}
+
+
+def held_out_budget(
+    budget_s: float, setup_s: float, n_fit: int, n_all: int, epochs: int = 1, n_unlabelled: int = 0, distill: int = 0
+) -> tuple[float, float]:
+    """The held-out run's (fine-tuning, distillation) budgets, so that the whole stage (both runs) ends near
+    `budget_s`.
 
     `setup_s` is what the held-out run spent before training (decoding, BatchNorm statistics, the probe head); the
     final run spends about as much again, scaled by its images. What is left splits in proportion to the images
-    each run trains on, so both runs get about the same epochs. 0 = no budget; a budget the set-up already used
-    up leaves a token amount (finetune() still completes one epoch)."""
+    each phase of each run trains on: `epochs` over its labelled images, then `distill` epochs over the
+    unlabelled images and its labelled ones; the final run repeats the held-out run's epochs, so both runs get
+    about the same. 0 = no budget; a budget the set-up already used up leaves a token amount (finetune() still
+    completes one epoch)."""
     if budget_s <= 0:
-        return 0.0
+        return 0.0, 0.0
     left = budget_s - setup_s * (1 + n_all / n_fit)
-    return max(left * n_fit / (n_fit + n_all), 1e-3)
+    finetune_w, distill_w = epochs * n_fit, distill * (n_unlabelled + n_fit)
+    total = finetune_w + distill_w + epochs * n_all + distill * (n_unlabelled + n_all)
+    return max(left * finetune_w / total, 1e-3), (max(left * distill_w / total, 1e-3) if distill else 0.0)
 
 
 def refine(
@@ -330,11 +352,13 @@ def refine(
     device: torch.device,
     cache_mb: int,
     skipped: Skipped,
+    unlabelled: ImageCache | None = None,
 ) -> RefineResult:
-    """LP-FT on `valid` (paths with labels: N ints). `encoder` is refined in place and returned.
+    """LP-FT on `valid` (paths with labels: N ints), then (recipe.distill_epochs > 0 and `unlabelled` given)
+    self-distillation on the unlabelled images. `encoder` is refined in place and returned.
 
     1. held-out run: on a copy of the encoder and the fit part (1 - holdout of each class): BatchNorm statistics
-       and a probe head from the fit part, fine-tune, score the held-out part, which nothing has seen;
+       and a probe head from the fit part, fine-tune, distil, score the held-out part, which nothing has seen;
     2. final run: the same on all of valid, for the epochs the held-out run made.
     Returns the final model and the held-out run's accuracy.
     """
@@ -344,18 +368,46 @@ def refine(
         paths = [paths[i] for i in images.kept]
         labels = [labels[i] for i in images.kept]
     fit, held = stratified_holdout(labels, recipe.holdout, recipe.seed)
+    n_unlabelled = len(unlabelled) if unlabelled is not None and recipe.distill_epochs > 0 else 0
+    temperature = recipe.distill_temperature
     curve: list[dict] = []
 
     enc = copy.deepcopy(encoder)
     head = _lp_head(enc, [paths[i] for i in fit], [labels[i] for i in fit], n_classes, preset, device, recipe.head_c)
-    held_budget = held_out_budget(recipe.time_budget_s, time.monotonic() - t0, len(fit), len(labels))
+    finetune_s, distill_s = held_out_budget(
+        recipe.time_budget_s,
+        time.monotonic() - t0,
+        len(fit),
+        len(labels),
+        recipe.epochs,
+        n_unlabelled,
+        recipe.distill_epochs if n_unlabelled else 0,
+    )
     watch = HeldOutWatch(enc, head, [paths[i] for i in held], [labels[i] for i in held], preset, device, curve)
-    epochs = finetune(enc, head, images.subset(fit), recipe, device, recipe.epochs, held_budget, watch.on_epoch)
+    epochs = finetune(enc, head, images.subset(fit), recipe, device, recipe.epochs, finetune_s, watch.on_epoch)
+    teacher_acc = watch.acc
+    distilled = 0
+    if n_unlabelled:
+        assert unlabelled is not None
+        t = time.monotonic()
+        soft = teacher_targets(Classifier(enc, head), n_classes, unlabelled, preset, device, temperature)
+        # The final run's teacher pass takes as long again: it comes out of this run's distillation budget.
+        budget = max(distill_s - 2 * (time.monotonic() - t), 1e-3) if distill_s > 0 else 0.0
+        watch.start("distill", epochs)
+        data = distill_images(unlabelled, soft, images.subset(fit))
+        distilled = finetune(enc, head, data, recipe, device, recipe.distill_epochs, budget, watch.on_epoch)
     predictions, acc = watch.predictions, watch.acc
 
-    def final_epoch(epoch: int, loss: float, train_acc: float, progress: float) -> None:
-        curve.append({"run": "final", "epoch": epoch, "loss": round(loss, 4), "train_acc": round(train_acc, 4)})
+    def final_epoch(phase: str, first: int) -> Callable[[int, float, float, float], None]:
+        return lambda epoch, loss, train_acc, _: curve.append(_row("final", phase, first + epoch, loss, train_acc))
 
     head = _lp_head(encoder, paths, labels, n_classes, preset, device, recipe.head_c)
-    finetune(encoder, head, images, recipe, device, epochs, 0.0, final_epoch)
-    return RefineResult(encoder, head, acc, held, predictions, epochs, time.monotonic() - t0, curve)
+    finetune(encoder, head, images, recipe, device, epochs, 0.0, final_epoch("finetune", 0))
+    if distilled:
+        assert unlabelled is not None
+        soft = teacher_targets(Classifier(encoder, head), n_classes, unlabelled, preset, device, temperature)
+        data = distill_images(unlabelled, soft, images)
+        finetune(encoder, head, data, recipe, device, distilled, 0.0, final_epoch("distill", epochs))
+    fit_time_s = time.monotonic() - t0
+    teacher = teacher_acc if n_unlabelled else None
+    return RefineResult(encoder, head, acc, held, predictions, epochs, fit_time_s, distilled, teacher, curve)

@@ -23,6 +23,7 @@ from pytorch_lightning.loggers import CSVLogger
 from sklearn.metrics import confusion_matrix
 from torch import nn
 
+from dataset.cache import ImageCache
 from dataset.reader import DatasetError, LabelledSplit, Skipped, read_labelled, read_unlabelled, readable
 from evaluation.confusion_plot import plot_confusion_matrix
 from evaluation.features import run_frozen
@@ -166,7 +167,7 @@ def _train_and_export(
         return {}  # the refine stage and the export run once, on rank 0 (see README, "DDP")
     assert valid is not None, "rank 0 reads valid"
     t_valid = time.monotonic()
-    result = downstream(job, pretrained.model.backbone, valid, preset, skipped)
+    result = downstream(job, pretrained.model.backbone, valid, preset, skipped, train_set)
     valid_time = time.monotonic() - t_valid
     export(job, run_dir.path, result, valid, preset)
     return record(job, run_dir, pretrained, result, skipped, valid_time, t0)
@@ -277,9 +278,15 @@ class Downstream:
 
 
 def downstream(
-    job: TrainJob, backbone: nn.Module, valid: LabelledSplit, preset: EvalPreset, skipped: Skipped
+    job: TrainJob,
+    backbone: nn.Module,
+    valid: LabelledSplit,
+    preset: EvalPreset,
+    skipped: Skipped,
+    unlabelled: ImageCache | None = None,
 ) -> Downstream:
-    """The frozen features' linear probe, then (refine "finetune") LP-FT of encoder + head on valid."""
+    """The frozen features' linear probe, then (refine "finetune") LP-FT of encoder + head on valid and, with
+    distill_epochs, self-distillation on `unlabelled` (the train images pretraining decoded)."""
     s = job.settings
     # Trained channels_last (faster convolutions); exported and served in the default layout.
     encoder = backbone.to(job.device, memory_format=torch.contiguous_format)
@@ -307,18 +314,20 @@ def downstream(
         min_scale=s.min_scale,
         time_budget_s=s.refine_time_budget_s,
         holdout=s.refine_holdout,
+        distill_epochs=s.distill_epochs,
         precision=resolve_precision(s.precision, job.device),
         num_workers=min(2, s.num_workers),
         seed=s.seed,
     )
     paths = [valid.paths[i] for i in kept]
     # The probe above keeps the pretrained encoder's features; refine changes a copy (BatchNorm statistics too).
-    r = refine(
-        copy.deepcopy(encoder), paths, labels, len(valid.classes), preset, recipe, job.device, s.cache_mb, skipped
-    )
+    encoder_copy = copy.deepcopy(encoder)
+    n = len(valid.classes)
+    r = refine(encoder_copy, paths, labels, n, preset, recipe, job.device, s.cache_mb, skipped, unlabelled)
     log.info(
-        "valid: refined (LP-FT, %d epochs): held-out acc %.4f on %d images (linear probe %.4f), %.1f s",
+        "valid: refined (LP-FT, %d epochs%s): held-out acc %.4f on %d images (linear probe %.4f), %.1f s",
         r.epochs,
+        "" if r.teacher_acc is None else f", then distilled {r.distill_epochs} epochs from {r.teacher_acc:.4f}",
         r.acc,
         len(r.held_out),
         probe.acc,
@@ -377,6 +386,9 @@ def record(
     if result.refined is not None:
         metrics["refine_held_out_images"] = len(result.refined.held_out)
         metrics["refine_epochs"] = result.refined.epochs
+        metrics["distill_epochs"] = result.refined.distill_epochs
+        if result.refined.teacher_acc is not None:  # what distillation added, on the same held-out images
+            metrics["finetune_acc"] = round4(result.refined.teacher_acc)
         metrics["refine_curve"] = result.refined.curve
     atomic_write_json(
         run_dir.path / "model_info.json",

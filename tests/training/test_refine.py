@@ -40,9 +40,14 @@ def test_holdout_is_stratified_and_keeps_every_class_in_the_fit_part():
 def test_the_budget_covers_both_runs_and_their_set_up():
     # 480 fit + 600 all images; 6 s set-up now, about 7.5 s more for the final run's: 100 - 13.5 = 86.5 s to train,
     # 4/9 of it for the held-out run (its 480 images against the final run's 600, same epochs)
-    assert held_out_budget(100.0, 6.0, 480, 600) == pytest.approx(86.5 * 480 / 1080)
-    assert held_out_budget(0.0, 6.0, 480, 600) == 0.0  # no budget: epochs only
-    assert 0 < held_out_budget(10.0, 6.0, 480, 600) < 0.01  # set-up used it up: a token budget, one epoch
+    assert held_out_budget(100.0, 6.0, 480, 600) == (pytest.approx(86.5 * 480 / 1080), 0.0)
+    assert held_out_budget(0.0, 6.0, 480, 600) == (0.0, 0.0)  # no budget: epochs only
+    assert 0 < held_out_budget(10.0, 6.0, 480, 600)[0] < 0.01  # set-up used it up: a token budget, one epoch
+    # With distillation: 30 epochs over 480 labelled, then 2 over 3000 unlabelled + 480 (the final run: + 600)
+    work = [30 * 480, 2 * 3480, 30 * 600, 2 * 3600]
+    finetune_s, distill_s = held_out_budget(100.0, 6.0, 480, 600, 30, 3000, 2)
+    assert finetune_s == pytest.approx(86.5 * work[0] / sum(work))
+    assert distill_s == pytest.approx(86.5 * work[1] / sum(work))
 
 
 def test_lr_schedule_warms_up_then_decays_and_layer_decay_groups_the_resnet_stages():

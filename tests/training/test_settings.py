@@ -47,6 +47,8 @@ def test_unknown_key_lists_the_valid_keys():
         ({"input_size": 8}, "16 to 1024"),
         ({"strategy": "fsdp2"}, "ddp"),
         ({"augment_on": "gpu"}, "one of auto, device, workers"),
+        ({"distill_epochs": -1}, "distill_epochs=-1"),
+        ({"distill_epochs": 2, "refine": "probe"}, "needs refine 'finetune'"),
     ],
 )
 def test_bad_values_name_key_value_and_fix(settings, fragment):
