@@ -26,12 +26,10 @@ from bench.datasets import bench_dataset
 from bench.refine_budget import BENCH_SIZES, DATASET_SETTINGS, test_accuracy
 from dataset.cache import ImageCache
 from dataset.reader import Skipped, read_labelled, read_unlabelled
-from export.torchscript import Classifier
 from handler.eval_preset import EvalPreset
 from training.backbone import build_backbone
-from training.distill import distill_images, teacher_targets
 from training.model import SimSiam
-from training.refine import RefineImages, RefineRecipe, finetune
+from training.refine import RefineImages, RefineRecipe, distil
 from training.settings import build_settings
 from training.train import TrainJob, downstream
 
@@ -74,14 +72,11 @@ def main() -> None:
             refine_s = time.monotonic() - t
             acc_t = test_accuracy(result.encoder, result.head, dataset, valid.classes, preset)
             t = time.monotonic()
-            recipe = RefineRecipe(min_scale=s.min_scale, num_workers=2, seed=seed)
-            n_classes = len(valid.classes)
-            model = Classifier(result.encoder, result.head)  # self-distillation: the student starts from the teacher
-            soft = teacher_targets(model, n_classes, unlabelled, preset, cpu, a.temperature)
+            recipe = RefineRecipe(min_scale=s.min_scale, num_workers=2, seed=seed, distill_temperature=a.temperature)
             labelled = RefineImages(valid.paths, valid.labels, preset, s.min_scale, s.cache_mb, Skipped())
-            data = distill_images(unlabelled, soft, labelled)
+            # self-distillation: the student starts from the teacher
             budget = a.distill_s - (time.monotonic() - t)
-            epochs = finetune(result.encoder, result.head, data, recipe, cpu, 10_000, budget)
+            epochs = distil(result.encoder, result.head, unlabelled, labelled, preset, recipe, cpu, 10_000, budget)
             distill_s = time.monotonic() - t
             acc_s = test_accuracy(result.encoder, result.head, dataset, valid.classes, preset)
             row = (seed, teacher, acc_t, acc_s, refine_s, distill_s, epochs)

@@ -369,7 +369,6 @@ def refine(
         labels = [labels[i] for i in images.kept]
     fit, held = stratified_holdout(labels, recipe.holdout, recipe.seed)
     n_unlabelled = len(unlabelled) if unlabelled is not None and recipe.distill_epochs > 0 else 0
-    temperature = recipe.distill_temperature
     curve: list[dict] = []
 
     enc = copy.deepcopy(encoder)
@@ -385,17 +384,15 @@ def refine(
     )
     watch = HeldOutWatch(enc, head, [paths[i] for i in held], [labels[i] for i in held], preset, device, curve)
     epochs = finetune(enc, head, images.subset(fit), recipe, device, recipe.epochs, finetune_s, watch.on_epoch)
-    teacher_acc = watch.acc
-    distilled = 0
-    if n_unlabelled:
-        assert unlabelled is not None
-        t = time.monotonic()
-        soft = teacher_targets(Classifier(enc, head), n_classes, unlabelled, preset, device, temperature)
-        # The final run's teacher pass takes as long again: it comes out of this run's distillation budget.
-        budget = max(distill_s - 2 * (time.monotonic() - t), 1e-3) if distill_s > 0 else 0.0
+    teacher_acc, distilled = None, 0
+    if n_unlabelled and unlabelled is not None:
+        teacher_acc = watch.acc
         watch.start("distill", epochs)
-        data = distill_images(unlabelled, soft, images.subset(fit))
-        distilled = finetune(enc, head, data, recipe, device, recipe.distill_epochs, budget, watch.on_epoch)
+        # The final run's teacher pass takes as long again: it comes out of this run's distillation budget.
+        distilled = distil(
+            enc, head, unlabelled, images.subset(fit), preset, recipe, device, recipe.distill_epochs, distill_s,
+            watch.on_epoch, teacher_passes=2,
+        )  # fmt: skip
     predictions, acc = watch.predictions, watch.acc
 
     def final_epoch(phase: str, first: int) -> Callable[[int, float, float, float], None]:
@@ -403,11 +400,34 @@ def refine(
 
     head = _lp_head(encoder, paths, labels, n_classes, preset, device, recipe.head_c)
     finetune(encoder, head, images, recipe, device, epochs, 0.0, final_epoch("finetune", 0))
-    if distilled:
-        assert unlabelled is not None
-        soft = teacher_targets(Classifier(encoder, head), n_classes, unlabelled, preset, device, temperature)
-        data = distill_images(unlabelled, soft, images)
-        finetune(encoder, head, data, recipe, device, distilled, 0.0, final_epoch("distill", epochs))
+    if distilled and unlabelled is not None:
+        on_epoch = final_epoch("distill", epochs)
+        distil(encoder, head, unlabelled, images, preset, recipe, device, distilled, 0.0, on_epoch)
     fit_time_s = time.monotonic() - t0
-    teacher = teacher_acc if n_unlabelled else None
-    return RefineResult(encoder, head, acc, held, predictions, epochs, fit_time_s, distilled, teacher, curve)
+    return RefineResult(encoder, head, acc, held, predictions, epochs, fit_time_s, distilled, teacher_acc, curve)
+
+
+def distil(
+    encoder: nn.Module,
+    head: nn.Linear,
+    unlabelled: ImageCache,
+    labelled: RefineImages,
+    preset: EvalPreset,
+    recipe: RefineRecipe,
+    device: torch.device,
+    epochs: int,
+    time_budget_s: float = 0.0,
+    on_epoch: Callable[[int, float, float, float], None] | None = None,
+    teacher_passes: int = 1,
+) -> int:
+    """Self-distillation (training/distill.py) of encoder + head in place: the model's own soft targets on
+    `unlabelled`, taken once, plus `labelled`'s labels, trained with the refine recipe. `time_budget_s` (> 0)
+    covers `teacher_passes` passes as long as the one made here (a later run's pass paid in advance) and the
+    training. Returns the epochs completed."""
+    t = time.monotonic()
+    n_classes = head.out_features
+    soft = teacher_targets(Classifier(encoder, head), n_classes, unlabelled, preset, device, recipe.distill_temperature)
+    if time_budget_s > 0:
+        time_budget_s = max(time_budget_s - teacher_passes * (time.monotonic() - t), 1e-3)
+    data = distill_images(unlabelled, soft, labelled)
+    return finetune(encoder, head, data, recipe, device, epochs, time_budget_s, on_epoch)
