@@ -2,6 +2,8 @@
 
     .venv/bin/python -m bench.refine_budget --dataset demo --budget_s 180 --seeds 0 1 2
     .venv/bin/python -m bench.refine_budget --dataset photo --budget_s 180 --seeds 0 1 2
+    .venv/bin/python -m bench.refine_budget --dataset demo --budget_s 720 --valid_per_class 20 --seeds 2 \
+        --extra_train_per_class 1500 --no_scratch    # 4x the unlabelled images, the same valid and test
 
 For each seed, scored on the `test` split (never used by any of them):
 (a) product: client_train.py as a user runs it (a subprocess): SimSiam pretraining for `pretrain_share` of the
@@ -116,6 +118,9 @@ def main() -> None:
     p.add_argument("--pretrain_share", type=float, default=2 / 3, help="(a)'s share for pretraining (default 2/3)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--valid_per_class", type=int, default=None, help="labelled images per class (default: 100/20)")
+    p.add_argument(
+        "--extra_train_per_class", type=int, default=0, help="demo: more unlabelled images per class, same valid/test"
+    )
     p.add_argument("--input_size", type=int, default=64)
     p.add_argument("--settings", default="{}", help="extra settings for every arm, as JSON")
     p.add_argument("--no_scratch", action="store_true", help="skip (b), e.g. when only the split changes")
@@ -123,7 +128,7 @@ def main() -> None:
     a = p.parse_args()
     preset = EvalPreset(input_size=a.input_size)
     train, valid, test = BENCH_SIZES.get(a.dataset, (None, None, None))
-    dataset = bench_dataset(a.dataset, train, a.valid_per_class or valid, test)
+    dataset = bench_dataset(a.dataset, train, a.valid_per_class or valid, test, a.extra_train_per_class)
     common = {
         "input_size": a.input_size,
         "batch_size": 64,

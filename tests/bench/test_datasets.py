@@ -28,3 +28,29 @@ def test_demo_is_made_once_at_the_asked_sizes_and_other_sizes_get_their_own_fold
 
 def test_a_folder_is_taken_as_it_is(tmp_path: Path) -> None:
     assert bench_dataset(str(tmp_path)) == tmp_path
+
+
+def test_extra_train_adds_unlabelled_images_and_keeps_valid_and_test(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    base = bench_dataset("demo", train=1, valid=2, test=1)
+    root = bench_dataset("demo", train=1, valid=2, test=1, extra_train=3)
+    assert root != base and root.parent == tmp_path
+    classes = sorted(p.name for p in (base / "valid" / "images").iterdir())
+    assert len(list((root / "train" / "images").rglob("*.*"))) == 4 * len(classes)
+    for split in ("valid", "test"):
+        files = sorted(p.relative_to(base) for p in (base / split).rglob("*.*"))
+        assert files == sorted(p.relative_to(root) for p in (root / split).rglob("*.*"))
+        assert all((base / f).read_bytes() == (root / f).read_bytes() for f in files)
+    extra = {p.name for p in (root / "train" / "images").rglob("*.*")} - {
+        p.name for p in (base / "train" / "images").rglob("*.*")
+    }
+    assert len(extra) == 3 * len(classes)  # new images, not copies of the base's
+    assert not list(tmp_path.glob("*.partial"))
+    assert bench_dataset("demo", train=1, valid=2, test=1, extra_train=3) == root  # reused
+
+
+def test_extra_train_is_refused_for_photo() -> None:
+    with pytest.raises(ValueError, match="demo generator"):
+        bench_dataset("photo", extra_train=2)
