@@ -19,10 +19,10 @@ def bench_dataset(
     `extra_train` (demo only): that many more unlabelled images per class, drawn with the generator's seed 1,
     beside the same valid, test and train images: only the ratio of unlabelled to labelled images moves.
     """
+    if extra_train < 0 or (extra_train and name != "demo"):  # before a folder is taken: never ignored silently
+        raise ValueError(f"extra_train ({extra_train}) takes images per class >= 0 and only the demo generator")
     if name not in DEFAULT_SIZES:
         return Path(name)
-    if extra_train and name != "demo":
-        raise ValueError(f"extra_train is made by the demo generator; {name!r} has no such option")
     sizes = [n if n is not None else d for n, d in zip((train, valid, test), DEFAULT_SIZES[name], strict=True)]
     if name == "demo":
         from dataset.demo import VERSION, make_demo_dataset

@@ -74,8 +74,8 @@ def main() -> None:
             t = time.monotonic()
             recipe = RefineRecipe(min_scale=s.min_scale, num_workers=2, seed=seed, distill_temperature=a.temperature)
             labelled = RefineImages(valid.paths, valid.labels, preset, s.min_scale, s.cache_mb, Skipped())
-            # self-distillation: the student starts from the teacher
             budget = a.distill_s - (time.monotonic() - t)
+            # self-distillation: the student is the teacher itself, trained on its own soft targets
             epochs = distil(result.encoder, result.head, unlabelled, labelled, preset, recipe, cpu, 10_000, budget)
             distill_s = time.monotonic() - t
             acc_s = test_accuracy(result.encoder, result.head, dataset, valid.classes, preset)

@@ -54,3 +54,9 @@ def test_extra_train_adds_unlabelled_images_and_keeps_valid_and_test(
 def test_extra_train_is_refused_for_photo() -> None:
     with pytest.raises(ValueError, match="demo generator"):
         bench_dataset("photo", extra_train=2)
+
+
+def test_extra_train_is_refused_for_a_folder_and_below_zero(tmp_path: Path) -> None:
+    for name, extra in ((str(tmp_path), 2), ("demo", -1)):
+        with pytest.raises(ValueError, match="only the demo generator"):
+            bench_dataset(name, extra_train=extra)
