@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.refine_budget --dataset demo --budget_s 180 --seeds 0 1 2
     .venv/bin/python -m bench.refine_budget --dataset photo --budget_s 180 --seeds 0 1 2
+    .venv/bin/python -m bench.refine_budget --dataset demo --budget_s 150 --seeds 0 --device cuda   # on a GPU
     .venv/bin/python -m bench.refine_budget --dataset demo --budget_s 720 --valid_per_class 20 --seeds 2 \
         --extra_train_per_class 1500 --no_scratch    # 4x the unlabelled images, the same valid and test
 
@@ -39,6 +40,7 @@ from dataset.reader import Skipped, read_labelled
 from evaluation.features import run_frozen
 from evaluation.probe import fit_head
 from handler.eval_preset import EvalPreset
+from jobs.device import resolve_device
 from training.backbone import build_backbone
 from training.model import SimSiam
 from training.refine import predict
@@ -66,10 +68,10 @@ def _run(cmd: list[str], runs: Path) -> None:
         raise SystemExit(f"{cmd[1]} failed ({proc.returncode}):\n{log.read_text()[-3000:]}")
 
 
-def product(dataset: Path, settings: dict, runs: Path) -> tuple[Path, dict, float]:
+def product(dataset: Path, settings: dict, runs: Path, device: str = "cpu") -> tuple[Path, dict, float]:
     """(a): client_train.py then client_test.py; returns (model folder, trial.txt, test accuracy)."""
     annotation = json.dumps({"advance_settings": settings})
-    _run([sys.executable, "client_train.py", "--dataset_path", str(dataset), "--device", "cpu", "--trial_name",
+    _run([sys.executable, "client_train.py", "--dataset_path", str(dataset), "--device", device, "--trial_name",
           "bench", "--annotation_data", annotation], runs)  # fmt: skip
     trial = json.loads((runs / "metric" / "trial.txt").read_text())
     model = Path(trial["model_path"])
@@ -98,13 +100,15 @@ def probe_of(model: Path, dataset: Path, preset: EvalPreset) -> float:
     return test_accuracy(backbone, head, dataset, valid.classes, preset)
 
 
-def from_scratch(dataset: Path, settings: dict, seed: int) -> tuple[float, float, int]:
-    """(b): random init through the product's downstream phase; returns (held-out acc, test acc, epochs)."""
+def from_scratch(dataset: Path, settings: dict, seed: int, device: str = "cpu") -> tuple[float, float, int]:
+    """(b): random init through the product's downstream phase on `device` (the one (a) trained on, with (a)'s
+    precision in `settings`: seconds on a GPU and on a CPU buy different amounts of training); returns
+    (held-out acc, test acc, epochs)."""
     s = build_settings(settings)
     torch.manual_seed(seed)
     backbone = build_backbone(s.backbone, s.small_stem)[0]
     valid = read_labelled(dataset, "valid")
-    job = TrainJob(dataset, torch.device("cpu"), "scratch", s, Path(tempfile.gettempdir()))
+    job = TrainJob(dataset, resolve_device(device), "scratch", s, Path(tempfile.gettempdir()))
     preset = EvalPreset(input_size=s.input_size)
     result = downstream(job, backbone, valid, preset, Skipped())
     epochs = result.refined.epochs if result.refined else 0
@@ -122,6 +126,7 @@ def main() -> None:
         "--extra_train_per_class", type=int, default=0, help="demo: more unlabelled images per class, same valid/test"
     )
     p.add_argument("--input_size", type=int, default=64)
+    p.add_argument("--device", default="cpu", help="where (a) and (b) train: cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--settings", default="{}", help="extra settings for every arm, as JSON")
     p.add_argument("--no_scratch", action="store_true", help="skip (b), e.g. when only the split changes")
     p.add_argument("--keep_runs", type=Path, default=None, help="keep (a)'s runs folder here (<dir>/seed<N>)")
@@ -146,7 +151,7 @@ def main() -> None:
             runs.mkdir(parents=True, exist_ok=True)
             settings = {**common, "seed": seed, "time_budget_s": pre, "refine_time_budget_s": a.budget_s - pre}
             t = time.monotonic()
-            model, trial, acc_a = product(dataset, settings, runs)
+            model, trial, acc_a = product(dataset, settings, runs, a.device)
             info = json.loads((model / "model_info.json").read_text())
             took = trial["train_consuming"]["SimSiam"]
             acc_c = probe_of(model, dataset, preset)
@@ -156,8 +161,14 @@ def main() -> None:
             held_b, acc_b, epochs_b = math.nan, math.nan, 0
         else:
             # Supervised only, trained until the budget ends whatever epochs --settings gives (a)
-            scratch = {**common, "seed": seed, "refine_time_budget_s": a.budget_s, "refine_epochs": 10_000}
-            held_b, acc_b, epochs_b = from_scratch(dataset, scratch, seed)
+            scratch = {
+                **common,
+                "seed": seed,
+                "refine_time_budget_s": a.budget_s,
+                "refine_epochs": 10_000,
+                "precision": info["pretraining"]["precision"],  # what (a) ran
+            }
+            held_b, acc_b, epochs_b = from_scratch(dataset, scratch, seed, a.device)
         b_time = time.monotonic() - t
         print(f"seed {seed}: (b) {acc_b:.4f}  [{b_time:.0f} s]", flush=True)
         rows.append(
@@ -183,7 +194,8 @@ def main() -> None:
     print(
         f"\ndataset {a.dataset} ({dataset}): {n_train} unlabelled, {len(valid.paths)} labelled valid, "
         f"{len(test.paths)} test, {len(valid.classes)} classes; budget {a.budget_s:.0f} s per classifier, "
-        f"(a) pretrains {pre:.0f} s; {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"(a) pretrains {pre:.0f} s; device {a.device}; "
+        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
         f"torch {torch.__version__}; settings {common}"
     )
     head = f"{'seed':>5} {'(a) product':>12} {'(b) scratch':>12} {'(c) probe':>10} {'a-c':>7} {'a-b':>7}"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 import yaml
-from model_archiver.model_archiver_config import ModelArchiverConfig
-from model_archiver.model_packaging import generate_model_archive
 
 REPO = Path(__file__).resolve().parent.parent
 HANDLER_DIR = REPO / "handler"
@@ -52,25 +53,23 @@ def build_mar(model_dir: Path, model_name: str, version: str = "1.0") -> Path:
     config_path = model_dir / MODEL_CONFIG_FILE
     config_path.write_text(yaml.safe_dump(MODEL_CONFIG, sort_keys=False))
     extras = [str(p) for p in HANDLER_EXTRAS] + [str(model_dir / CLASSES_FILE), str(model_dir / PRESET_FILE)]
-    config = ModelArchiverConfig(
-        model_name=model_name,
-        handler=str(HANDLER),
-        version=version,
-        serialized_file=str(model_dir / MODEL_FILE),
-        extra_files=",".join(extras),
-        export_path=str(model_dir),
-        config_file=str(config_path),
-        force=True,
-    )
-    # The archiver stages files in <tempdir>/<model_name>: two jobs packaging the same model name at
-    # once would mix their files, so give this call a private tempdir.
-    saved = tempfile.tempdir
+    # torch-model-archiver's command line (its public interface) stages files in $TMPDIR/<model_name>: two jobs
+    # packaging the same model name at once would mix their files, so each call gets a private TMPDIR -- in the
+    # child's environment, never this process's tempfile.tempdir, which other threads read.
+    args = [
+        *("--model-name", model_name, "--version", version, "--handler", str(HANDLER)),
+        *("--serialized-file", str(model_dir / MODEL_FILE), "--extra-files", ",".join(extras)),
+        *("--export-path", str(model_dir), "--config-file", str(config_path), "--force"),
+    ]
     with tempfile.TemporaryDirectory(prefix="mar-") as private:
-        tempfile.tempdir = private
-        try:
-            generate_model_archive(config)
-        finally:
-            tempfile.tempdir = saved
+        proc = subprocess.run(
+            [sys.executable, "-m", "model_archiver.model_packaging", *args],
+            env={**os.environ, "TMPDIR": private},
+            capture_output=True,
+            text=True,
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"torch-model-archiver failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
     mar = model_dir / f"{model_name}.mar"
     with zipfile.ZipFile(mar) as z:
         names = set(z.namelist())

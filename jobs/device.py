@@ -52,8 +52,15 @@ def auto_precision(device: torch.device) -> str:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """The settings' `precision` as Lightning takes it: "auto" picks by device, anything else is kept."""
-    return auto_precision(device) if precision == "auto" else precision
+    """The settings' `precision` as it will run on `device`, for every stage of a job alike: "auto" picks by
+    device; fp16 AMP on a CPU (asked for, or a GPU job that fell back to the CPU) runs as bf16, as Lightning
+    does, so pretraining and the refine stage never differ; anything else is kept."""
+    if precision == "auto":
+        return auto_precision(device)
+    if precision == "16-mixed" and device.type == "cpu":
+        log.warning("precision 16-mixed: fp16 autocast does not run on a CPU; bf16-mixed is used instead")
+        return "bf16-mixed"
+    return precision
 
 
 def autocast(precision: str, device: torch.device) -> torch.autocast:

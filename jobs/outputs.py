@@ -67,6 +67,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # the rename itself survives a power cut
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -80,6 +81,29 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     # A file name that is not UTF-8 reaches us with lone surrogates (os.fsdecode), which UTF-8 cannot encode:
     # write just those as JSON \udcXX escapes; json.loads gives the same str back (os.fsencode: the bytes).
     atomic_write_text(path, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and folder under `root` (model.pt, the .mar, the checkpoints, the JSON files, root)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(folder))
 
 
 def round4(x: float) -> float:
@@ -118,7 +142,11 @@ class RunFolder:
         sweep_stale(models)
 
     def commit(self) -> Path:
+        """Rename the complete folder into place, durably: every file and the folder itself are on disk before the
+        rename, and the rename is on disk before trial.txt can point at it (a power cut leaves all or none)."""
+        fsync_tree(self.path)
         os.replace(self.path, self.final)
+        fsync_dir(self.final.parent)
         self._unlock()
         return self.final
 
@@ -134,7 +162,7 @@ class RunFolder:
             self.discard()
             return None
         for entry in self.path.iterdir():
-            if entry.name == "checkpoints":
+            if entry.name in ("checkpoints", FINGERPRINT_FILE):
                 continue
             with contextlib.suppress(OSError):
                 if entry.is_dir() and not entry.is_symlink():
@@ -235,22 +263,65 @@ def _recover(staging: Path) -> None:
         log.warning("cannot clean up %s, left by a killed run: %s", staging, e)
 
 
-def find_resume_checkpoint(runs_dir: Path, resume: str) -> Path | None:
-    """`resume`: "" = none; "last" = the newest interrupted run's checkpoint under runs_dir; else a .ckpt path."""
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+def differences(want: dict[str, Any], have: dict[str, Any]) -> list[str]:
+    """What differs between two run fingerprints, in words: ["backbone: resnet50 here, resnet18 in the checkpoint"]."""
+    return [
+        f"{k}: {want.get(k)!r} here, {have.get(k)!r} in the checkpoint"
+        for k in sorted(set(want) | set(have))
+        if want.get(k) != have.get(k)
+    ]
+
+
+def read_fingerprint(run_folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_folder / FINGERPRINT_FILE).read_text())
+    except (OSError, ValueError):
+        return None  # a run of an older version, or one killed before it wrote the file
+
+
+def find_resume_checkpoint(runs_dir: Path, resume: str, fingerprint: dict[str, Any] | None = None) -> Path | None:
+    """`resume`: "" = none; "last" = the newest interrupted run's checkpoint under runs_dir whose fingerprint (the
+    dataset, its train files, the settings that shape the model) matches `fingerprint`; else a .ckpt path, refused
+    when its run folder's fingerprint differs. Jobs share a runs folder: another job's checkpoint is never taken."""
     if not resume:
         return None
     if resume != "last":
         path = Path(resume).expanduser()
         if not path.is_file():
             raise ResumeError(f"advance_settings resume={resume!r}: no such checkpoint file")
+        have = read_fingerprint(path.parent.parent)
+        if fingerprint is not None and have is not None and (diff := differences(fingerprint, have)):
+            raise ResumeError(
+                f"advance_settings resume={resume!r} is a checkpoint of another job: {'; '.join(diff)}. "
+                "Run with the same dataset and settings, or drop resume to start afresh"
+            )
         return path
-    found = [c for d in (runs_dir / "models").glob(".interrupted-*") if (c := newest_checkpoint(d))]
+    found = sorted(
+        ((c, d) for d in (runs_dir / "models").glob(".interrupted-*") if (c := newest_checkpoint(d))),
+        key=lambda cd: cd[0].stat().st_mtime,
+        reverse=True,
+    )
     if not found:
         raise ResumeError(
             f"advance_settings resume='last': no interrupted run under {runs_dir / 'models'}; "
             "drop resume or pass the path of a .ckpt file"
         )
-    return max(found, key=lambda p: p.stat().st_mtime)
+    if fingerprint is None:
+        return found[0][0]
+    for checkpoint, folder in found:
+        if read_fingerprint(folder) == fingerprint:
+            return checkpoint
+    checkpoint, folder = found[0]
+    have = read_fingerprint(folder)
+    why = "; ".join(differences(fingerprint, have)) if have is not None else f"{folder} has no {FINGERPRINT_FILE}"
+    raise ResumeError(
+        f"advance_settings resume='last': none of the {len(found)} interrupted run(s) under {runs_dir / 'models'} "
+        f"is this job's (the newest, {folder.name}, differs: {why}); they are left as they are. Run with the same "
+        "dataset and settings as the interrupted job, pass a .ckpt path, or drop resume to start afresh"
+    )
 
 
 def newest_checkpoint(run_folder: Path) -> Path | None:

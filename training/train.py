@@ -4,6 +4,7 @@ features, then refine: LP-FT of encoder + head on valid) -> export (TorchScript 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -13,12 +14,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.callbacks import ModelCheckpoint, Timer, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 from sklearn.metrics import confusion_matrix
 from torch import nn
@@ -32,7 +33,7 @@ from export.archive import CLASSES_FILE, MODEL_FILE, PRESET_FILE, build_mar, rea
 from export.torchscript import export_torchscript
 from handler.eval_preset import EvalPreset
 from jobs.device import resolve_precision
-from jobs.outputs import RunFolder, atomic_write_json, find_resume_checkpoint, round4
+from jobs.outputs import FINGERPRINT_FILE, RunFolder, atomic_write_json, find_resume_checkpoint, round4
 from training.augment import augment_for, augments_on_device
 from training.model import SimSiam
 from training.plots import plot_training_curves
@@ -52,10 +53,19 @@ class TrainJob:
     settings: Settings
     runs_dir: Path
     started: float | None = None  # time.monotonic() when the process started: `total` counts the imports too
+    # Set by prepare_data, before anything is decoded: what identifies this job's pretraining, and the
+    # interrupted run it continues (resume), if any.
+    fingerprint: dict | None = None
+    resume_from: Path | None = None
 
     @property
     def model_name(self) -> str:
         return f"{MODEL_NAME}_{self.trial_name}"
+
+    @cached_property
+    def precision(self) -> str:
+        """Resolved once: pretraining, refine and model_info.json use the same precision."""
+        return resolve_precision(self.settings.precision, self.device)
 
 
 def run(job: TrainJob) -> dict:
@@ -78,18 +88,22 @@ def run(job: TrainJob) -> dict:
             )
         raise
     except BaseException as e:
-        # Hours of pretraining are never thrown away for a failure after it (probe, refine, export, archiver,
-        # a plot, a full disk): its checkpoint is kept, and resume='last' goes straight to the downstream phase.
-        kept = run_dir.keep_for_resume() if "pretrain" in done else None
-        if kept is None:
-            run_dir.discard()
-        else:
+        # Hours of pretraining are never thrown away, whatever fails and whenever: a CUDA out-of-memory error or a
+        # crashed loader at epoch 90 keeps epoch 89's checkpoint (resume continues pretraining from it); a failure
+        # after pretraining (probe, refine, export, a full disk) keeps the finished one, and resume goes straight
+        # to the downstream phase. Without a complete checkpoint nothing is worth keeping and the folder goes.
+        kept = run_dir.keep_for_resume()
+        if kept is not None:
+            where = "after pretraining" if "pretrain" in done else "during pretraining"
+            then = "pretraining will not run again" if "pretrain" in done else "pretraining continues from it"
             log.error(
-                "the run failed after pretraining (%s: %s); the pretrained checkpoint is kept in %s: once the cause "
-                "is fixed, finish the run with advance_settings resume='last' (pretraining will not run again)",
+                "the run failed %s (%s: %s); the last checkpoint is kept in %s: once the cause is fixed, finish "
+                "the run with advance_settings resume='last' (%s)",
+                where,
                 type(e).__name__,
                 e,
                 kept,
+                then,
             )
         raise
 
@@ -103,9 +117,13 @@ def prepare_data(
     preset = EvalPreset(input_size=s.input_size)
     skipped = Skipped()
     threads = min(8, os.cpu_count() or 1)
+    train_paths = read_unlabelled(job.dataset)
+    job.fingerprint = fingerprint(job, train_paths)
+    # A resume that names another job's checkpoint fails here, before any image is decoded.
+    job.resume_from = find_resume_checkpoint(job.runs_dir.resolve(), s.resume, job.fingerprint)
     train_set = partial(
         PretrainImages,
-        read_unlabelled(job.dataset),
+        train_paths,
         s.input_size,
         augment_for(s),
         s.cache_mb,
@@ -127,6 +145,23 @@ def prepare_data(
     valid.labels = [relabel[y] for y in valid.labels]
     check_downstream_inputs(valid)
     return train_set(skipped, threads), valid, preset, skipped
+
+
+def fingerprint(job: TrainJob, train_paths: list[Path]) -> dict:
+    """What a checkpoint must share with this job to be resumed by it: the dataset, its train file list and the
+    settings that shape the model. Others (epochs, lr, budgets) may change on resume."""
+    s = job.settings
+    names = sorted(os.fsencode(os.path.relpath(p, job.dataset)).hex() for p in train_paths)
+    files = hashlib.sha256("\n".join(names).encode()).hexdigest()
+    return {
+        "dataset": str(job.dataset.resolve()),
+        "train_files": f"{len(train_paths)} files, sha256 {files[:16]}",
+        "backbone": s.backbone,
+        "input_size": s.input_size,
+        "stem": "cifar" if s.small_stem else "imagenet",
+        "proj_dim": s.proj_dim,
+        "pred_hidden_dim": s.pred_hidden_dim,
+    }
 
 
 def check_downstream_inputs(valid: LabelledSplit) -> None:
@@ -177,12 +212,22 @@ def _train_and_export(
 class Pretrained:
     model: SimSiam
     trainer: pl.Trainer
-    train_time: float
-    images_per_s: float
+    train_time: float  # seconds of pretraining over the whole run, an interrupted run's included (Lightning's Timer)
+    images_per_s: float  # over the steps this process made, in this process's time
+    steps_here: int  # optimiser steps this process made (global_step minus those restored on resume)
     train_images: int
     resume: Path | None
     precision: str  # what Lightning ran: "bf16-mixed", "16-mixed", "32-true"
     augment_on: str  # where colour, grey and blur ran: "device" or "workers"
+
+
+class StepsAtStart(pl.Callback):
+    """The global step when training starts: after a resume, the steps restored from the checkpoint."""
+
+    step = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.step = trainer.global_step
 
 
 def pretrain(job: TrainJob, work: Path, train_set: PretrainImages) -> Pretrained:
@@ -192,10 +237,13 @@ def pretrain(job: TrainJob, work: Path, train_set: PretrainImages) -> Pretrained
     batch = per_rank_batch(s, len(train_set))
     loader = pretrain_loader(train_set, batch, s.num_workers, pin_memory=job.device.type == "cuda")
     model = SimSiam(s, steps_per_epoch=len(loader) // world or 1, global_batch=batch * world)
+    # Always a Timer (Trainer's max_time adds one only with a budget): it keeps the seconds trained in the
+    # checkpoint, so a resumed run's train_time and time-based schedule count the interrupted run's part too.
+    timer = Timer(duration=timedelta(seconds=s.time_budget_s) if s.time_budget_s > 0 else None, interval="step")
+    at_start = StepsAtStart()
     trainer = pl.Trainer(
-        **device_args(s, job.device),
+        **device_args(s, job.device, job.precision),
         max_epochs=s.epochs,
-        max_time=timedelta(seconds=s.time_budget_s) if s.time_budget_s > 0 else None,
         logger=CSVLogger(save_dir=str(work), name="logs", version=""),
         # save_top_k=1 without a monitor keeps exactly the newest epoch's checkpoint, written every epoch
         # (save_last alone would only write at the very end, too late to resume an interrupted run).
@@ -204,34 +252,49 @@ def pretrain(job: TrainJob, work: Path, train_set: PretrainImages) -> Pretrained
             # Each refresh reads the logged loss back from the device (a sync): on a GPU, whose steps take
             # milliseconds, a refresh every step would keep the CPU from queueing the next step ahead.
             TQDMProgressBar(refresh_rate=1 if job.device.type == "cpu" else 20),
+            timer,
+            at_start,
         ],
         log_every_n_steps=max(1, min(50, len(loader))),
         enable_model_summary=False,
         deterministic=False,
     )
-    resume = find_resume_checkpoint(job.runs_dir.resolve(), s.resume)
+    if job.fingerprint is not None:  # beside the checkpoints: resume='last' takes only a run of the same job
+        atomic_write_json(work / FINGERPRINT_FILE, job.fingerprint)
+    resume = job.resume_from
     if resume:
         log.info("resuming from %s", resume)
     t_train = time.monotonic()
     trainer.fit(model, loader, ckpt_path=str(resume) if resume else None)
-    train_time = time.monotonic() - t_train
+    time_here = time.monotonic() - t_train
     if trainer.global_step == 0:  # Lightning only warns; a random encoder must not be exported as trained
         raise DatasetError(
             f"pretraining made no optimiser step ({len(train_set)} train images, batch {batch} on {world} "
             "process(es)): add train images, or lower batch_size or devices"
         )
-    images_per_s = trainer.global_step * batch * world / max(train_time, 1e-9)
+    steps_here = trainer.global_step - at_start.step
+    images_per_s = steps_here * batch * world / max(time_here, 1e-9)
+    train_time = timer.time_elapsed("train")
     augment_on = "device" if train_set.on_device else "workers"
     log.info(
-        "pretraining: %d steps in %.1f s (%.1f images/s, %s, augmentation on the %s)",
-        trainer.global_step,
-        train_time,
+        "pretraining: %d steps in %.1f s (%.1f images/s, %s, augmentation on the %s)%s",
+        steps_here,
+        time_here,
         images_per_s,
         trainer.precision,
         augment_on,
+        f"; with the resumed run: {trainer.global_step} steps in {train_time:.1f} s" if resume else "",
     )
     return Pretrained(
-        model, trainer, train_time, images_per_s, len(train_set), resume, str(trainer.precision), augment_on
+        model,
+        trainer,
+        train_time,
+        images_per_s,
+        steps_here,
+        len(train_set),
+        resume,
+        str(trainer.precision),
+        augment_on,
     )
 
 
@@ -248,8 +311,9 @@ def per_rank_batch(s: Settings, n_images: int) -> int:
     return min(s.batch_size, share)
 
 
-def device_args(s: Settings, device: torch.device) -> dict:
-    """The Trainer's accelerator, devices, strategy, SyncBatchNorm and precision for these settings."""
+def device_args(s: Settings, device: torch.device, precision: str | None = None) -> dict:
+    """The Trainer's accelerator, devices, strategy, SyncBatchNorm and precision (the job's resolved one, or
+    resolved here from the settings) for these settings."""
     on_gpu = device.type == "cuda"
     return {
         "accelerator": "gpu" if on_gpu else "cpu",
@@ -260,7 +324,7 @@ def device_args(s: Settings, device: torch.device) -> dict:
         # devices > 1 is DDP too). torch's SyncBatchNorm exists for CUDA only, so CPU (gloo) DDP keeps
         # per-process BN -- fine for tests, not a way to train at scale.
         "sync_batchnorm": on_gpu and s.devices * s.num_nodes > 1,
-        "precision": resolve_precision(s.precision, device),
+        "precision": precision or resolve_precision(s.precision, device),
         # Crops have one fixed size: cuDNN may time its convolution algorithms once and keep the fastest.
         "benchmark": on_gpu,
     }
@@ -315,7 +379,7 @@ def downstream(
         time_budget_s=s.refine_time_budget_s,
         holdout=s.refine_holdout,
         distill_epochs=s.distill_epochs,
-        precision=resolve_precision(s.precision, job.device),
+        precision=job.precision,
         num_workers=min(2, s.num_workers),
         seed=s.seed,
     )
@@ -401,10 +465,12 @@ def record(
             "metrics": metrics,
             "pretraining": {
                 "steps": trainer.global_step,
+                "steps_this_run": pretrained.steps_here,  # differs from steps after a resume
                 "epochs": trainer.current_epoch,
                 "images_per_s": round(pretrained.images_per_s, 1),
                 "train_images": pretrained.train_images,
                 "precision": pretrained.precision,
+                "device": str(job.device),
                 "augment_on": pretrained.augment_on,
             },
             "timing": {"train_time": round4(pretrained.train_time), "valid_time": round4(valid_time)},

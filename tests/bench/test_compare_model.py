@@ -22,3 +22,20 @@ def test_compare_model_prints_the_three_classifiers(tiny_dataset: Path, trained_
     assert all(0 <= valid <= 1 and 0 <= test <= 1 for valid, test in rows.values())
     assert rows["SimSiam + finetune (this model)"][0] == trained_model["metric_value"]
     assert "self-supervision added (test)" in proc.stdout
+    assert "both trained on cpu (" in proc.stdout  # the device and precision, as model_info.json recorded them
+
+
+def test_compare_model_refuses_a_baseline_on_another_device(trained_model: dict, tmp_path: Path) -> None:
+    """A model trained on a GPU is not compared with a from-scratch baseline given its seconds on a CPU."""
+    import json
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model["model_path"], model)
+    info = json.loads((model / "model_info.json").read_text())
+    assert info["pretraining"]["device"] == "cpu"
+    info["pretraining"]["device"] = "cuda:0"
+    (model / "model_info.json").write_text(json.dumps(info))
+    cmd = [sys.executable, "-m", "bench.compare_model", "--dataset_path", str(tmp_path), "--model_path", str(model)]
+    proc = subprocess.run([*cmd, "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "the model trained on cuda:0" in proc.stderr and "--device cuda:0" in proc.stderr

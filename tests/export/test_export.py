@@ -57,3 +57,28 @@ def test_trained_model_folder_and_mar_contents(trained_model):
     assert cm["labels"] == json.loads((folder / "model_info.json").read_text())["classes"]
     assert matrix.shape == (3, 3) and matrix.sum() > 0
     assert round(np.trace(matrix) / matrix.sum(), 4) == metrics["acc"] == trained_model["metric_value"]
+
+
+def test_archiving_leaves_the_process_tempdir_alone(trained_model, tmp_path):
+    """The archiver stages in a private TMPDIR of its own process: this process's tempfile.tempdir, which other
+    threads read, never changes, not even while it runs."""
+    import shutil
+    import tempfile
+    import threading
+
+    from export.archive import MODEL_FILE, build_mar
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for name in (MODEL_FILE, "index_to_name.json", "preprocess.json"):
+        shutil.copy(Path(trained_model["model_path"]) / name, folder / name)
+    before = tempfile.tempdir
+    seen: set = set()
+    worker = threading.Thread(target=build_mar, args=(folder, "SimSiam_tmp"))
+    worker.start()
+    while worker.is_alive():
+        seen.add(tempfile.tempdir)
+    worker.join()
+    assert seen == {before} and tempfile.tempdir == before
+    with zipfile.ZipFile(folder / "SimSiam_tmp.mar") as z:
+        assert MODEL_FILE in z.namelist()

@@ -350,3 +350,23 @@ def test_file_size_limit_in_client_test_is_a_clear_error(tiny_dataset: Path, tra
     assert_clear_disk_error(proc, runs, "a file is over the file-size limit")
     assert (runs / "metric" / "trial.txt").read_bytes() == before
     assert dot_entries(runs) == [] and len(list((runs / "models").iterdir())) == 1
+
+
+def test_a_committed_model_folder_is_on_disk_before_it_is_renamed(tmp_path, monkeypatch) -> None:
+    """A power cut leaves the whole folder or none: every file (model.pt, the .mar, the JSON files) and the
+    folder are fsynced before the rename, and the parent folder after it."""
+    from jobs.outputs import RunFolder
+
+    folder = RunFolder(tmp_path / "runs")
+    for name in ("model.pt", "SimSiam_x.mar", "model_info.json", "settings.json"):
+        (folder.path / name).write_bytes(b"x" * 100)
+    (folder.path / "checkpoints").mkdir()
+    (folder.path / "checkpoints" / "a.ckpt").write_bytes(b"y")
+    synced: list[str] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
+    final = folder.commit()
+    staging = str(folder.path)
+    files = {f"{staging}/{n}" for n in ("model.pt", "SimSiam_x.mar", "model_info.json", "settings.json")}
+    assert files | {f"{staging}/checkpoints/a.ckpt", staging} <= set(synced[:-1])
+    assert synced[-1] == str(final.parent)  # the rename itself, last

@@ -13,6 +13,7 @@ from conftest import TINY_SETTINGS, run_train
 import client_train
 import training.train as train_module
 from dataset.reader import DatasetError
+from jobs.outputs import ResumeError
 from training.settings import build_settings
 from training.train import TrainJob, run
 
@@ -175,3 +176,88 @@ def test_the_batch_is_each_ranks_share_so_every_rank_makes_steps():
     assert per_rank_batch(build_settings({"batch_size": 128, "devices": 4}), 200) == 50  # was 128: 0 steps per rank
     with pytest.raises(DatasetError, match="fewer devices"):
         per_rank_batch(build_settings({"devices": 8}), 12)
+
+
+def test_a_failure_in_the_middle_of_pretraining_keeps_the_last_checkpoint_and_resume_finishes(
+    tiny_dataset, tmp_path, monkeypatch, caplog
+):
+    """A CUDA out-of-memory error, a crashed loader or a full disk at epoch 3 of 4 keeps epoch 2's checkpoint;
+    resume='last' continues from it, finishes, and counts the whole run's steps and seconds."""
+    from training.model import SimSiam
+
+    runs = tmp_path / "runs"
+    real_step = SimSiam.training_step
+
+    def failing_step(self, batch, batch_idx):
+        if self.global_step == 2:  # 1 step per epoch here: epochs 1 and 2 are done and checkpointed
+            raise RuntimeError("CUDA out of memory (standing in)")
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(SimSiam, "training_step", failing_step)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run(_job(tiny_dataset, runs, epochs=4))
+    [kept] = (runs / "models").glob(".interrupted-*")
+    [ckpt] = kept.glob("checkpoints/*.ckpt")
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 2 and saved["epoch"] == 1
+    [timer] = [v for k, v in saved["callbacks"].items() if k.startswith("Timer")]
+    first_part = timer["time_elapsed"]["train"]
+    assert first_part > 0
+    assert "failed during pretraining" in caplog.text and "resume='last'" in caplog.text
+    assert not (runs / "metric").exists()
+
+    monkeypatch.undo()
+    trial = run(_job(tiny_dataset, runs, epochs=4, resume="last"))
+    info = json.loads((Path(trial["model_path"]) / "model_info.json").read_text())
+    assert info["pretraining"]["steps"] == 4 and info["pretraining"]["steps_this_run"] == 2
+    # The whole run's pretraining time: the interrupted part is in it.
+    assert trial["train_consuming"]["SimSiam"]["train_time"] > first_part
+    assert not list((runs / "models").glob(".interrupted-*"))
+
+
+def test_resume_last_takes_only_a_checkpoint_of_the_same_job(tiny_dataset, tmp_path, monkeypatch):
+    """Jobs share a runs folder: a checkpoint of another dataset or another model shape is never resumed, the
+    error names what differs, and that job's checkpoint stays for its own resume."""
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(train_module, "export", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("broke")))
+    with pytest.raises(RuntimeError):
+        run(_job(tiny_dataset, runs))
+    [kept] = (runs / "models").glob(".interrupted-*")
+    monkeypatch.undo()
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dataset, other)
+    with pytest.raises(ResumeError, match=r"dataset: .*other.* here") as e:
+        run(_job(other, runs, resume="last"))
+    assert "train_files" not in str(e.value)  # the same file names under another root
+    shutil.copy(next((tiny_dataset / "valid").rglob("*.png")), other / "train" / "images" / "extra.png")
+    with pytest.raises(ResumeError, match="train_files: '19 files"):
+        run(_job(other, runs, resume="last"))
+    with pytest.raises(ResumeError, match="proj_dim: 32 here, 64 in the checkpoint"):
+        run(_job(tiny_dataset, runs, resume="last", proj_dim=32))
+    with pytest.raises(ResumeError, match="backbone: 'resnet34' here"):
+        run(_job(tiny_dataset, runs, resume=str(next(kept.glob("checkpoints/*.ckpt"))), backbone="resnet34"))
+    assert kept.is_dir() and list(kept.glob("checkpoints/*.ckpt"))  # left alone
+    assert not list((runs / "models").glob(".staging-*"))  # refused before a run folder was used
+
+    trial = run(_job(tiny_dataset, runs, resume="last"))  # its own job resumes it
+    assert trial["metric_value"] >= 0 and not kept.exists()
+
+
+def test_fp16_on_a_cpu_is_one_precision_in_every_stage(tiny_dataset, tmp_path, monkeypatch):
+    """precision 16-mixed on a CPU (or a GPU job that fell back to it) runs bf16 in pretraining and refine alike,
+    and model_info.json records what ran."""
+    import training.refine as refine_module
+
+    seen = []
+    real_refine = train_module.refine
+
+    def spy(*args, **kwargs):
+        seen.append(args[5].precision)  # the RefineRecipe
+        return real_refine(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "refine", spy)
+    assert refine_module.refine is real_refine
+    trial = run(_job(tiny_dataset, tmp_path / "runs", precision="16-mixed"))
+    info = json.loads((Path(trial["model_path"]) / "model_info.json").read_text())
+    assert info["pretraining"]["precision"] == "bf16-mixed" and seen == ["bf16-mixed"]
