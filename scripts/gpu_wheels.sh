@@ -8,6 +8,10 @@ WHEELS=${WHEELS:-.whl}
 mkdir -p "$WHEELS"
 PY=.venv/bin/python
 [ -x "$PY" ] || PY=python3
+# With their own needs the GPU image lacks (lightly -> hydra-core -> omegaconf, antlr4): scripts/gpu_env.py lets
+# pip resolve the install from this folder, so a missing one is named before the check starts.
 "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$WHEELS" \
-  lightly==1.6.0 torchserve==0.12.0 torch-model-archiver==0.12.0 enum-compat==0.0.3
+  lightly==1.6.0 torchserve==0.12.0 torch-model-archiver==0.12.0 enum-compat==0.0.3 hydra-core==1.3.2 omegaconf==2.3.0
+# antlr4's runtime is published as source only; pip builds it offline from this file (setuptools is on GPU images).
+"$PY" -m pip download -q --no-deps --no-binary=:all: -d "$WHEELS" antlr4-python3-runtime==4.9.3
 ls -l "$WHEELS"

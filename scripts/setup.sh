@@ -14,6 +14,11 @@ fi
 
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
+if ! "$PY" -c "import sys; sys.exit(sys.version_info < (3, 11))"; then
+  echo "setup: $PY is Python $("$PY" -c 'import sys; print(*sys.version_info[:2], sep=".")'); the code needs >= 3.11:" \
+    "install python3.11 or set PYTHON to a newer interpreter" >&2
+  exit 2
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv
