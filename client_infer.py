@@ -59,18 +59,21 @@ async def _serve(app, host: str, port: int, ts, start_timeout: float, on_ready: 
     A model that cannot load raises TorchServeError after the proxy has stopped."""
     import uvicorn
 
-    from serving.timeouts import DeadlineH11Protocol
+    from serving.timeouts import HeadDeadline
     from serving.torchserve_process import TorchServeCancelled
 
     # log_config=None: uvicorn's lines go through this process's logging format (with timestamps)
-    # DeadlineH11Protocol: a connection that sends no complete request head within 10 s is closed (slowloris)
+    # HeadDeadline: uvicorn's httptools protocol (a C parser); a connection that sends no complete request head
+    # within 10 s is closed (slowloris). access_log off: a log line per request costs more than the proxying.
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
-        http=DeadlineH11Protocol,
+        http=HeadDeadline,
         timeout_graceful_shutdown=10,
         log_config=None,
+        access_log=False,
+        proxy_headers=False,  # nothing in front sets X-Forwarded-*: skip uvicorn's middleware for them
         server_header=False,
     )
     server = uvicorn.Server(config)
@@ -109,7 +112,6 @@ async def _serve(app, host: str, port: int, ts, start_timeout: float, on_ready: 
 
 def main(args: argparse.Namespace) -> int:
     setup_logging()
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request would drown the log
     from export.model_folder import ModelFolderError, open_model_folder
 
     try:
@@ -130,15 +132,17 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         log.error("%s", e)
         return 2
-    from handler.worker_threads import torch_threads
     from serving.app import create_app
-    from serving.torchserve_process import TorchServeError, TorchServeProcess, mar_model_config
+    from serving.plan import serving_plan
+    from serving.torchserve_process import TorchServeError, TorchServeProcess
 
+    plan = serving_plan(gpus=0 if gpu_index is None else 1)
     ts = TorchServeProcess(
         model_dir,
         args.used_model,
         gpu_index=gpu_index,
-        torch_threads=torch_threads(mar_model_config(model_dir / f"{args.used_model}.mar")),
+        torch_threads=plan.threads,
+        workers=plan.workers,
         always_free_ports=os.environ.get("SIMSIAM_TS_PORTS") == "free",  # tests: never collide with a live server
         reserved_ports=frozenset({args.service_port}),  # free now, bound by the proxy once TorchServe runs
     )
@@ -150,11 +154,12 @@ def main(args: argparse.Namespace) -> int:
 
         def on_ready() -> None:
             log.info(
-                "model %s ready on %s (%d torch threads per worker); API: http://%s:%d/autotable/predict; "
+                "model %s ready on %s (%d workers, %d torch threads each); API: http://%s:%d/autotable/predict; "
                 "TorchServe (loopback only): inference %s, management %s, metrics %s/metrics",
                 args.used_model,
                 device,
-                ts.torch_threads,
+                plan.workers,
+                plan.threads,
                 args.host,
                 args.service_port,
                 cfg.inference_url,
@@ -164,7 +169,10 @@ def main(args: argparse.Namespace) -> int:
 
         app = create_app(cfg.inference_url, cfg.management_url, args.used_model)
         start_timeout = float(os.environ.get("SIMSIAM_TS_START_TIMEOUT", "300"))
-        return asyncio.run(_serve(app, args.host, args.service_port, ts, start_timeout, on_ready))
+        import uvloop  # libuv's event loop: less CPU per request than asyncio's own
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(_serve(app, args.host, args.service_port, ts, start_timeout, on_ready))
     except _Stop as e:
         log.info("%s: stopping", e)
         return 0

@@ -12,6 +12,7 @@ import binascii
 import contextlib
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
@@ -32,8 +33,12 @@ class SimSiamHandler(BaseHandler):
         model_dir = context.system_properties["model_dir"]
         self.preset = EvalPreset.load(os.path.join(model_dir, "preprocess.json"))
         self.classes = [self.mapping[str(i)] for i in range(len(self.mapping))]
+        threads = torch_threads(getattr(context, "model_yaml_config", None) or {})
         if self.device.type == "cpu":
-            torch.set_num_threads(torch_threads(getattr(context, "model_yaml_config", None) or {}))
+            torch.set_num_threads(threads)
+        # A batch's images are decoded in parallel (PIL releases the GIL while it decodes): one after another they
+        # kept all but one core idle between forward passes.
+        self.decoders = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="decode")
         log.info(
             "SimSiam handler ready: %d classes, input %d, %d threads",
             len(self.classes),
@@ -44,15 +49,18 @@ class SimSiamHandler(BaseHandler):
     # BaseHandler.handle runs preprocess -> inference -> postprocess and records HandlerTime; a request's decode
     # error travels beside the batch as (batch, errors) so that one bad image fails only its own row.
     def preprocess(self, data: list[dict]) -> tuple[torch.Tensor | None, list[str | None]]:
-        tensors, errors = [], []
-        for row in data:
-            try:
-                tensors.append(load_for_eval(_payload(row), self.preset))
-                errors.append(None)
-            except (ImageDecodeError, ValueError) as e:
-                errors.append(str(e))
+        rows = list(self.decoders.map(self._load, data)) if len(data) > 1 else [self._load(data[0])]
+        tensors = [r for r in rows if isinstance(r, torch.Tensor)]
+        errors = [None if isinstance(r, torch.Tensor) else r for r in rows]
         batch = torch.stack(tensors) if tensors else None
         return batch, errors
+
+    def _load(self, row: dict) -> torch.Tensor | str:
+        """The row's image through the eval preset, or why it cannot be read."""
+        try:
+            return load_for_eval(_payload(row), self.preset)
+        except (ImageDecodeError, ValueError) as e:
+            return str(e)
 
     def inference(
         self, data: tuple[torch.Tensor | None, list[str | None]], *args, **kwargs

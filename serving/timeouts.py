@@ -1,22 +1,26 @@
 """Deadlines for slow clients: a request head and body that trickle in (or never come) cannot hold a connection.
 
-uvicorn closes only idle keep-alive connections (5 s). Without these, a client that connects and sends nothing,
-or sends its headers or body a byte at a time (slowloris), would keep its connection and the proxy's buffers
-forever. Other clients are never blocked by one (every connection is its own coroutine); this bounds what many
-slow ones can hold. The limits follow Apache's `RequestReadTimeout header=20-40,MinRate=500 body=20,MinRate=500`
-in spirit: a fixed time for the head, and for the body a grace period that grows with the bytes received.
+uvicorn closes only idle keep-alive connections after a response (5 s). Without these, a client that connects and
+sends nothing, or sends its headers or body a byte at a time (slowloris), would keep its connection and the
+proxy's buffers forever. Other clients are never blocked by one (every connection is its own coroutine); this
+bounds what many slow ones can hold. The limits follow Apache's
+`RequestReadTimeout header=20-40,MinRate=500 body=20,MinRate=500` in spirit: a fixed time for the head, and for
+the body a grace period that grows with the bytes received.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 
-import h11
+import httptools
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from serving.envelope import envelope
 
+log = logging.getLogger(__name__)
 HEAD_TIMEOUT_S = 10.0  # request line + headers (a few hundred bytes: one packet for any real client)
 BODY_GRACE_S = 20.0  # the body's first seconds...
 BODY_MIN_RATE = 32 * 1024  # ...then at least this many bytes/s on average (a 32 MiB body may take ~17 min)
@@ -26,59 +30,122 @@ def _timeout_message(what: str) -> str:
     return f"the request {what} did not arrive in time; send the whole request at once (after connecting)"
 
 
-class DeadlineH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request head, counted from the connection or last response.
+class HeadDeadline(asyncio.Protocol):
+    """uvicorn's httptools protocol, wrapped (not subclassed: it reads none of its state): a deadline for the
+    request head, from the connection's start and from the first byte of each later request.
 
-    A connection that sent nothing by then is closed; one that sent part of a head gets a 408 envelope first.
+    The wrapper follows the byte stream with its own httptools parser (heads only, microseconds) and tells where
+    a head begins and ends. A connection that sends nothing within HEAD_TIMEOUT_S of connecting is closed; one
+    whose head is still incomplete HEAD_TIMEOUT_S after its first byte gets a 408 envelope, then is closed. An idle
+    keep-alive connection after a response is uvicorn's own `timeout_keep_alive`; a slow body is
+    BodyDeadlineMiddleware's. Pass the class as `uvicorn.Config(http=HeadDeadline)`.
     """
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._head_timer: asyncio.TimerHandle | None = None
-        super().connection_made(transport)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.inner = HttpToolsProtocol(*args, **kwargs)
+        self.loop = kwargs.get("_loop") or asyncio.get_event_loop()
+        # Its own callbacks object: httptools looks callbacks up by name, and this class forwards unknown names to
+        # uvicorn's protocol, whose on_url, on_body... must never be called twice.
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(_HeadEvents(self))
+        self.timer: asyncio.TimerHandle | None = None
+        self.in_head = False  # a head has begun and is not complete
+        self.refused = False  # an HTTP version this service does not speak (httptools accepts HTTP/0.9)
+        self.transport: asyncio.Transport | None = None
+
+    # asyncio.Protocol, forwarded
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
         self._arm()
+        self.inner.connection_made(transport)  # type: ignore[arg-type]
 
-    def on_response_complete(self) -> None:
-        self._arm()  # before super(): it may start a pipelined request, which must not inherit a stale deadline
-        super().on_response_complete()
+    def data_received(self, data: bytes) -> None:
+        if self.parser is not None:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:
+                self._stop_following()  # uvicorn answers 400 and closes; nothing left to time
+            except httptools.HttpParserUpgrade:
+                self._stop_following()
+        if self.refused:
+            return  # answered and closing; uvicorn never sees it
+        self.inner.data_received(data)
 
-    def handle_events(self) -> None:
-        super().handle_events()
-        if self._head_timer is not None and self.cycle is not self._waiting_after:
-            self._cancel()  # a new request's head is in; its body has BodyDeadlineMiddleware's deadline
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()
-        super().connection_lost(exc)
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    # uvicorn's server calls these on its protocols (graceful shutdown)
+    def shutdown(self) -> None:
+        self._cancel()
+        self.inner.shutdown()
+
+    def __getattr__(self, name: str) -> Any:  # anything else uvicorn asks of its protocol
+        return getattr(self.inner, name)
+
+    # what the wrapper's own parser reports (through _HeadEvents)
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self._cancel()
+        if self.parser is not None and self.parser.get_http_version() not in ("1.0", "1.1"):
+            # "GET /" alone is HTTP/0.9 to httptools, and uvicorn would route it: refuse what is not HTTP/1.x.
+            self.refused = True
+            self._stop_following()
+            if self.transport is not None:
+                self.transport.write(
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                    b"content-length: 25\r\nconnection: close\r\n\r\nonly HTTP/1.x is served\r\n"
+                )
+                self.transport.close()
 
     def _arm(self) -> None:
         self._cancel()
-        self._waiting_after = self.cycle  # the head is complete once uvicorn has started a newer cycle
-        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timeout)
+        self.timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timeout)
 
     def _cancel(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _stop_following(self) -> None:
+        self.parser = None
+        self.in_head = False
+        self._cancel()
 
     def _head_timeout(self) -> None:
-        self._head_timer = None
-        if self.transport.is_closing() or self.cycle is not self._waiting_after:
+        self.timer = None
+        t = self.transport
+        if t is None or t.is_closing():
             return
-        partial = self.conn.their_state is h11.IDLE and self.conn.trailing_data[0]
-        if partial and self.conn.our_state is h11.IDLE:
-            body = envelope(408, _timeout_message("headers")).body  # the same JSON as every other answer
-            headers = [
-                ("content-type", "application/json"),
-                ("content-length", str(len(body))),
-                ("connection", "close"),
-            ]
-            self.transport.write(
-                self.conn.send(h11.Response(status_code=408, headers=headers, reason=b"Request Timeout"))
+        if self.in_head:  # part of a head came: say why it is closed
+            body = envelope(408, _timeout_message("headers")).body
+            t.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+                + body
             )
-            self.transport.write(self.conn.send(h11.Data(data=body)))
-            self.transport.write(self.conn.send(h11.EndOfMessage()))
-        self.logger.info("closing %s: no complete request head within %.0f s", self.client, HEAD_TIMEOUT_S)
-        self.transport.close()
+        log.info("closing a connection: no complete request head within %.0f s", HEAD_TIMEOUT_S)
+        t.close()
+
+
+class _HeadEvents:
+    """The two httptools callbacks HeadDeadline needs, and no others."""
+
+    def __init__(self, owner: HeadDeadline) -> None:
+        self.on_message_begin = owner.on_message_begin
+        self.on_headers_complete = owner.on_headers_complete
 
 
 class BodyTimeout(Exception):

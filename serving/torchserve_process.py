@@ -6,7 +6,6 @@ temp run folder that `stop()` removes, so nothing is written into the project or
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import io
 import json
@@ -17,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 from collections.abc import Callable
@@ -79,21 +77,21 @@ class TorchServeProcess:
         gpu_index: int | None,
         torch_threads: int,
         always_free_ports: bool = False,
-        echo: bool = True,
         reserved_ports: frozenset[int] = frozenset(),
+        workers: int = 1,
     ) -> None:
         self.mar = (model_dir / f"{model_name}.mar").resolve()
         self.model_name = model_name
         self.gpu_index = gpu_index
         self.torch_threads = torch_threads
+        self.workers = workers
         self.always_free_ports = always_free_ports
         self.reserved_ports = reserved_ports
-        self.echo = echo
         self.run_dir: Path | None = None
+        self.log_path: Path | None = None  # TorchServe's console output (SIMSIAM_TS_LOG, or in the run folder)
+        self._log_offset = 0  # how far wait_ready has read it
         self.config: TorchServeConfig | None = None
         self._proc: subprocess.Popen | None = None
-        self._relay: threading.Thread | None = None
-        self._tail: collections.deque[str] = collections.deque(maxlen=60)
         self._load_failures: list[str] = []
 
     def __enter__(self) -> TorchServeProcess:
@@ -143,36 +141,44 @@ class TorchServeProcess:
             str(self.config.path),
         ]
         log.info("starting TorchServe: %s", " ".join(cmd))
+        # TorchServe's console output goes straight to a file: relaying it line by line through this process (a
+        # thread reading a pipe, holding the GIL for each of the access and metrics lines every request makes)
+        # cost the proxy CPU on every request.
+        self.log_path = Path(os.environ.get("SIMSIAM_TS_LOG") or self.run_dir / "torchserve.log")
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log.info("TorchServe's own log: %s", self.log_path)
         # Own session and process group: stop() can then reach the Java frontend and every Python worker at once.
-        self._proc = subprocess.Popen(
-            cmd,
-            cwd=self.run_dir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self._relay = threading.Thread(target=self._relay_output, name="torchserve-log", daemon=True)
-        self._relay.start()
+        with open(self.log_path, "ab") as out:
+            self._proc = subprocess.Popen(
+                cmd,
+                cwd=self.run_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
-    def _relay_output(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        for raw in self._proc.stdout:
-            line = raw.decode("utf-8", "replace")
-            if "ACCESS_LOG" not in line:  # the readiness polls would push the telling lines out of the tail
-                self._tail.append(line)
-            if "Failed to load model" in line:  # the worker's own report; TorchServe then retries it
-                self._load_failures.append(line.strip())
-            if self.echo:
-                try:
-                    sys.stdout.write(line)
-                    sys.stdout.flush()
-                except (OSError, ValueError):  # our stdout is gone: keep draining, or TorchServe blocks on a full pipe
-                    self.echo = False
+    def _read_new_lines(self) -> list[str]:
+        """The log's lines since the last call (wait_ready's scan for load failures)."""
+        if self.log_path is None or not self.log_path.exists():
+            return []
+        with open(self.log_path, "rb") as f:
+            f.seek(self._log_offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1  # a line still being written is read next time
+        self._log_offset += end
+        return data[:end].decode("utf-8", "replace").splitlines()
 
     def tail(self, n: int = 30) -> str:
-        return "".join(list(self._tail)[-n:])
+        """TorchServe's last `n` log lines, less the access log (the readiness polls would push the telling lines
+        out)."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 256 * 1024))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+        return "\n".join([ln for ln in lines if "ACCESS_LOG" not in ln][-n:]) + "\n"
 
     def poll(self) -> int | None:
         return None if self._proc is None else self._proc.poll()
@@ -197,6 +203,8 @@ class TorchServeProcess:
                     raise TorchServeCancelled("stopped while the model was loading")
                 if (rc := self.poll()) is not None:
                     raise TorchServeError(f"TorchServe exited with code {rc} during start-up:\n{self.tail()}")
+                # The worker's own report; TorchServe then retries it.
+                self._load_failures += [ln.strip() for ln in self._read_new_lines() if "Failed to load model" in ln]
                 if len(self._load_failures) >= 2:  # twice: not a passing hiccup
                     raise TorchServeError(f"{self.mar.name} cannot be loaded: {self._load_failures[-1]}")
                 try:
@@ -207,6 +215,7 @@ class TorchServeProcess:
                     if any(w.get("status") == "READY" for w in workers):
                         p = http.post(predict, content=image, headers={"Content-Type": "application/octet-stream"})
                         if p.status_code == 200:
+                            self._scale(http, describe)
                             return
                         last = f"probe prediction answered {p.status_code}: {p.text[:300]}"
                     else:
@@ -216,6 +225,15 @@ class TorchServeProcess:
                 if time.monotonic() > deadline:
                     raise TorchServeError(f"the model was not ready after {timeout:.0f} s ({last}):\n{self.tail()}")
                 time.sleep(0.5)
+
+    def _scale(self, http: httpx.Client, describe: str) -> None:
+        """The serving plan's worker count (the .mar starts one), before the service says it is ready."""
+        if self.workers <= 1:
+            return
+        params = {"min_worker": self.workers, "max_worker": self.workers, "synchronous": "true"}
+        r = http.put(describe, params=params, timeout=120.0)
+        if r.status_code != 200:
+            raise TorchServeError(f"scaling {self.model_name} to {self.workers} workers failed: {r.text[:300]}")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the Java frontend, its Python workers and anything else in TorchServe's process group."""
@@ -241,8 +259,6 @@ class TorchServeProcess:
                     _quietly(p.send_signal, sig)
                 psutil.wait_procs(alive, timeout=5)
             proc.wait()
-        if self._relay is not None:
-            self._relay.join(timeout=5)
         if self.run_dir is not None:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             self.run_dir = None

@@ -84,7 +84,14 @@ def start_service(
 ) -> Service:
     """Start client_infer.py for the trial dict `model` (trained_model fixture); wait until /health says 200."""
     port = free_port()
-    env = {**os.environ, "SIMSIAM_TS_PORTS": "free", "SIMSIAM_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # One worker of one thread: the fault tests kill "the" worker; 2 CPU cores run the suite beside it.
+    env = {
+        **os.environ,
+        "SIMSIAM_TS_PORTS": "free",
+        "SIMSIAM_TORCH_THREADS": "1",
+        "SIMSIAM_TS_WORKERS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
     cmd = [
         sys.executable,
         str(REPO / "client_infer.py"),

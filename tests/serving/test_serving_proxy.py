@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 
 import httpx
 import pytest
@@ -166,3 +167,78 @@ def test_byte_budget_serialises_what_does_not_fit():
         return events
 
     assert asyncio.run(go()) == ["+a", "-a", "+b", "-b", "+c", "-c"]
+
+
+def test_a_request_that_finds_no_room_gets_a_prompt_503(monkeypatch):
+    """Every in-flight slot taken: the next request waits ADMISSION_WAIT_S at most, then 503 -- not a 90-s queue."""
+    import time
+
+    import serving.ts_client as tsc
+
+    monkeypatch.setattr(tsc, "ADMISSION_WAIT_S", 0.3)
+
+    async def go() -> tuple[ApiError, float]:
+        ts = tsc.TorchServeClient("http://127.0.0.1:9", "http://127.0.0.1:9", "SimSiam_x")
+        for _ in range(tsc.MAX_IN_FLIGHT):
+            await ts.slots.acquire()
+        t0 = time.monotonic()
+        try:
+            await ts.predict(JPEG)
+        except ApiError as e:
+            return e, time.monotonic() - t0
+        finally:
+            await ts.aclose()
+        raise AssertionError("admitted although every slot was taken")
+
+    e, waited = asyncio.run(go())
+    assert e.code == 503 and "overloaded" in e.msg and "retry" in e.msg
+    assert 0.25 < waited < 2.0
+
+
+def test_byte_budget_gives_up_after_its_wait():
+    from serving.ts_client import ByteBudget, Overloaded
+
+    async def go() -> None:
+        budget = ByteBudget(100)
+        async with budget.hold(80):
+            with pytest.raises(Overloaded):
+                async with budget.hold(50, wait_s=0.05):
+                    pass
+        async with budget.hold(50, wait_s=0.05):  # room again
+            pass
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("cpus", "gpus", "env", "workers", "threads"),
+    [
+        (2, 0, {}, 2, 1),  # measured: 2 workers x 1 thread beat 1 x 2 and 4 x ... on 2 cores
+        (16, 0, {}, 4, 4),  # at most 4 CPU workers, the cores shared out
+        (1, 0, {}, 1, 1),
+        (16, 1, {}, 2, 8),  # a GPU: one worker decodes while the other's batch runs
+        (2, 0, {"SIMSIAM_TS_WORKERS": "1", "SIMSIAM_TORCH_THREADS": "1"}, 1, 1),
+    ],
+)
+def test_the_serving_plan(monkeypatch, cpus, gpus, env, workers, threads):
+    from serving.plan import serving_plan
+
+    monkeypatch.delenv("SIMSIAM_TS_WORKERS", raising=False)
+    monkeypatch.delenv("SIMSIAM_TORCH_THREADS", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    plan = serving_plan(cpus, gpus)
+    assert (plan.workers, plan.threads) == (workers, threads)
+
+
+def test_the_fast_paths_accept_what_the_lenient_ones_do():
+    """pybase64 takes the common case; what it refuses goes through the lenient path, so the results and the
+    error messages are the ones the bad-request corpus was written for. JSON stays the standard library's."""
+    from serving.payload import parse_json
+
+    assert decode_base64(base64.b64encode(JPEG).decode()) == JPEG  # fast path
+    assert decode_base64(base64.urlsafe_b64encode(JPEG).decode().rstrip("=")) == JPEG  # lenient path
+    assert math.isnan(parse_json(b'{"n": NaN}')["n"])  # orjson would refuse NaN
+    assert parse_json(b'{"n": 1' + b"0" * 30 + b"}")["n"] == 10**30  # orjson would read a float
+    with pytest.raises(ValueError):
+        parse_json(b'{"content": ')
