@@ -59,23 +59,10 @@ async def _serve(app, host: str, port: int, ts, start_timeout: float, on_ready: 
     A model that cannot load raises TorchServeError after the proxy has stopped."""
     import uvicorn
 
-    from serving.timeouts import HeadDeadline
+    from serving.server import server_config
     from serving.torchserve_process import TorchServeCancelled
 
-    # log_config=None: uvicorn's lines go through this process's logging format (with timestamps)
-    # HeadDeadline: uvicorn's httptools protocol (a C parser); a connection that sends no complete request head
-    # within 10 s is closed (slowloris). access_log off: a log line per request costs more than the proxying.
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        http=HeadDeadline,
-        timeout_graceful_shutdown=10,
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,  # nothing in front sets X-Forwarded-*: skip uvicorn's middleware for them
-        server_header=False,
-    )
+    config = server_config(app, host, port)
     server = uvicorn.Server(config)
     stopping = threading.Event()  # ends the start-up wait whichever way _serve leaves
     app.state.loading = "TorchServe is loading it"

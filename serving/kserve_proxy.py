@@ -44,8 +44,11 @@ def build_app(args: argparse.Namespace):
 def main(args: argparse.Namespace) -> int:
     import uvicorn
 
-    # /health answers 503 until TorchServe has a READY worker, so the pod turns ready only then.
-    uvicorn.run(build_app(args), host=args.host, port=args.service_port, timeout_graceful_shutdown=10)
+    from serving.server import server_config
+
+    # /health answers 503 until TorchServe has a READY worker, so the pod turns ready only then. The same server
+    # settings as client_infer.py: the slow-client deadlines, the C parser, uvloop.
+    uvicorn.Server(server_config(build_app(args), args.host, args.service_port)).run()
     return 0
 
 

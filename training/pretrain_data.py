@@ -1,4 +1,5 @@
-"""The unlabelled train set for SimSiam: each file decoded once and cached downscaled (dataset/cache.py).
+"""The unlabelled train set for SimSiam: each file decoded when first met and cached downscaled in memory the
+loader workers share (dataset/shared_cache.py).
 
 The DataLoader asks for whole batches (`__getitems__`), so the augmentation runs once per batch in the
 loader worker (training/augment.py) rather than once per image. With `on_device` the workers only crop: the
@@ -14,12 +15,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from dataset.cache import ImageCache
 from dataset.reader import Skipped
+from dataset.shared_cache import SharedImageCache
 from training.augment import SimSiamAugment
 
 
-class PretrainImages(ImageCache):
+class PretrainImages(SharedImageCache):
     """`dataset.__getitems__(indices)` -> [view0 Nx3xSxS, view1 Nx3xSxS] (float32, or uint8 crops with
     `on_device`); `dataset[i]` -> the same for one image.
 
@@ -34,10 +35,10 @@ class PretrainImages(ImageCache):
         augment: SimSiamAugment,
         cache_mb: int,
         skipped: Skipped,
-        threads: int = 4,
+        threads: int = 4,  # unused: images are decoded in the loader workers as they are met
         on_device: bool = False,
     ) -> None:
-        super().__init__(paths, 2 * input_size, cache_mb, skipped, threads, what="train")
+        super().__init__(paths, 2 * input_size, cache_mb, what="train")
         self.augment = augment
         self.on_device = on_device
 

@@ -201,8 +201,9 @@ def _train_and_export(
     if run_dir is None or not pretrained.trainer.is_global_zero:
         return {}  # the refine stage and the export run once, on rank 0 (see README, "DDP")
     assert valid is not None, "rank 0 reads valid"
+    train_set.report_skipped(skipped)  # the unreadable train files the loader workers met
     t_valid = time.monotonic()
-    result = downstream(job, pretrained.model.backbone, valid, preset, skipped, train_set)
+    result = downstream(job, pretrained.model.backbone, valid, preset, skipped, train_set.snapshot())
     valid_time = time.monotonic() - t_valid
     export(job, run_dir.path, result, valid, preset)
     return record(job, run_dir, pretrained, result, skipped, valid_time, t0)
@@ -272,6 +273,13 @@ def pretrain(job: TrainJob, work: Path, train_set: PretrainImages) -> Pretrained
             f"pretraining made no optimiser step ({len(train_set)} train images, batch {batch} on {world} "
             "process(es)): add train images, or lower batch_size or devices"
         )
+    log.info(
+        "rank %d: %d of %d train images decoded, %.0f MiB of them cached in shared memory",
+        trainer.global_rank,
+        train_set.decoded,
+        len(train_set),
+        train_set.cached_bytes / 2**20,
+    )
     steps_here = trainer.global_step - at_start.step
     images_per_s = steps_here * batch * world / max(time_here, 1e-9)
     train_time = timer.time_elapsed("train")

@@ -300,7 +300,11 @@ def test_disk_full_while_exporting_the_model(tiny_dataset: Path, trained_model: 
     # The finished pretraining is kept (issue 16): only its checkpoint, in a folder trial.txt never points at.
     [kept] = (runs / "models").iterdir()
     assert kept.name.startswith(".interrupted-") and "resume='last'" in proc.stderr
-    assert [p.relative_to(kept).parts[0] for p in kept.rglob("*") if p.is_file()] == ["checkpoints"]
+    # Only its checkpoint and the fingerprint that lets resume='last' know it as this job's.
+    assert sorted(p.relative_to(kept).parts[0] for p in kept.rglob("*") if p.is_file()) == [
+        "checkpoints",
+        "fingerprint.json",
+    ]
 
 
 def with_previous_model_on(trained_model: dict, runs: Path) -> bytes:

@@ -239,7 +239,7 @@ def test_body_streamed_over_the_limit(service) -> None:
     assert_still_serving(service)
 
 
-# Below the app: h11 refuses what is not HTTP/1.1 with its own plain-text 400 before any route runs, so no
+# Below the app: the HTTP parser refuses what is not HTTP/1.x with a plain-text 400 before any route runs, so no
 # envelope is possible; what matters is that the connection is refused at once and nothing else is disturbed.
 MALFORMED_HTTP = {
     "null-byte-in-request-line": b"GET /autotable/predict\x00 HTTP/1.1\r\nHost: x\r\n\r\n",

@@ -1,6 +1,7 @@
 """Two-process DDP training on CPU (gloo), end to end: one model folder, one trial.txt, from rank 0."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,7 @@ def test_two_process_ddp_on_cpu_writes_one_model_folder(tiny_dataset, tmp_path, 
     hparams = (models[0] / "logs" / "hparams.yaml").read_text()
     assert "devices: 2" in hparams and info["pretraining"]["steps"] >= 1
     assert proc.stdout.count("valid accuracy") == 1  # the downstream evaluation ran once
+    # Each rank decoded its own share (the DistributedSampler's 9 of 18), not the whole set.
+    decoded = sorted(re.findall(r"rank (\d): (\d+) of 18 train images decoded", proc.stderr))
+    assert [r for r, _ in decoded] == ["0", "1"], proc.stderr[-3000:]
+    assert all(8 <= int(n) <= 10 for _, n in decoded), decoded
