@@ -3,6 +3,7 @@ and seen by every process; the budget holds; an unreadable file is skipped witho
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import time
 from pathlib import Path
@@ -48,7 +49,7 @@ def test_workers_share_what_they_decode(tiny_dataset: Path) -> None:
     assert (cache.state == CACHED).all()
     assert cache.cached_bytes == sum(int(cache.shape[i].prod()) * 3 for i in range(len(cache)))
     ends = sorted((int(cache.offset[i]), int(cache.offset[i] + 3 * cache.shape[i].prod())) for i in range(len(cache)))
-    assert all(a[1] <= b[0] for a, b in zip(ends, ends[1:]))  # no two images share bytes
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ends))  # no two images share bytes
 
 
 def test_the_budget_holds_and_the_rest_is_read_from_disk(tiny_dataset: Path) -> None:
