@@ -73,6 +73,7 @@ def main(args: argparse.Namespace) -> int:
     from jobs import stop
     from jobs.device import DeviceError, resolve_device
     from jobs.outputs import OutputError, ResumeError
+    from training.init import InitError
     from training.train import TrainJob, run
 
     # A platform stops jobs with SIGTERM: unwind like Ctrl-C so the staging folder is removed and trial.txt
@@ -81,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
         trial = run(TrainJob(dataset, device, args.trial_name, settings, Path(args.runs_dir), STARTED))
-    except (DatasetError, OutputError, ResumeError, DeviceError) as e:  # the user's to fix: one line, exit 2
+    except (DatasetError, OutputError, ResumeError, DeviceError, InitError) as e:  # the user's to fix: one line, exit 2
         log.error("%s", e)
         return 2
     except BaseException as e:  # Ctrl-C or a full disk: a clear message and exit code; anything else is a bug

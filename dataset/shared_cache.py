@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from dataset.cache import ImageCache, downscale, to_uint8_tensor
-from dataset.reader import DatasetError, Skipped
+from dataset.reader import DatasetError, Skipped, readable
 from handler.eval_preset import ImageDecodeError, decode_image
 
 log = logging.getLogger(__name__)
 
 UNSEEN, CACHED, ON_DISK, UNREADABLE = 0, 1, 2, 3  # an image's state, shared by all workers
+CHECK_UNMET = 10_000  # at the end, files no step met are checked for readability up to this many
 
 
 def shared_array(n: int, dtype: np.dtype | type) -> np.ndarray:
@@ -134,9 +135,23 @@ class SharedImageCache:
         view.cached_bytes = self.cached_bytes
         return view
 
-    def report_skipped(self, skipped: Skipped) -> None:
-        """Add the files found unreadable (in any worker) to `skipped`, each with its reason."""
+    def report_skipped(self, skipped: Skipped, threads: int = 4) -> None:
+        """Add the files found unreadable (in any worker) to `skipped`, each with its reason. Files no step met
+        (a last partial batch, a run stopped by its time budget) are checked here when there are at most
+        CHECK_UNMET of them, so a short run lists what a full one would; more are left unchecked, and said so."""
+        unmet = np.flatnonzero(self.state == UNSEEN)
+        if 0 < len(unmet) <= CHECK_UNMET:
+            ok = readable([self.paths_listed[i] for i in unmet], self.keep_side, skipped, threads)
+            for i, good in zip(unmet, ok):
+                if not good:
+                    self.state[i] = UNREADABLE
+        elif len(unmet):
+            log.info("%d train images were never met by a step and were not checked", len(unmet))
+            unmet = np.array([], dtype=np.int64)
+        checked = set(unmet.tolist())
         for i in np.flatnonzero(self.state == UNREADABLE):
+            if i in checked:
+                continue  # readable() has listed it with its reason
             path = self.paths_listed[i]
             try:
                 decode_image(path, min_side=self.keep_side)

@@ -66,6 +66,7 @@ class Settings:
     strategy: str = "auto"  # Lightning strategy; "ddp" for torchrun / SLURM
     precision: str = "auto"  # "auto": bf16-mixed on Ampere+ GPUs, 16-mixed on older; CPU: bf16-mixed if native
     resume: str = ""  # "last": continue the newest interrupted run's checkpoint; or a path to a .ckpt
+    init: str = ""  # start pretraining from: a model folder, a .ckpt, a ResNet state_dict file, or "imagenet"
 
     @property
     def small_stem(self) -> bool:
@@ -111,6 +112,11 @@ _CHECKS: dict[str, tuple[type, Any, str]] = {
     "strategy": (str, lambda v: v in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
     "resume": (str, lambda v: len(v) < 4096, "'last' or the path of a .ckpt ('' = start afresh)"),
     "precision": (str, lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    "init": (
+        str,
+        lambda v: len(v) < 4096,
+        "'' (random init), a model folder, a .ckpt, a file holding a ResNet state_dict, or 'imagenet'",
+    ),
 }
 assert set(_CHECKS) == {f.name for f in fields(Settings)}, "every setting needs a check"
 VALID_KEY_NAMES = f"Valid keys: {', '.join(_CHECKS)}"  # appended to every bad-value message

@@ -35,6 +35,7 @@ from handler.eval_preset import EvalPreset
 from jobs.device import resolve_precision
 from jobs.outputs import FINGERPRINT_FILE, RunFolder, atomic_write_json, find_resume_checkpoint, round4
 from training.augment import augment_for, augments_on_device
+from training.init import InitWeights, apply_init, read_init
 from training.model import SimSiam
 from training.plots import plot_training_curves
 from training.pretrain_data import PretrainImages, pretrain_loader
@@ -57,6 +58,7 @@ class TrainJob:
     # interrupted run it continues (resume), if any.
     fingerprint: dict | None = None
     resume_from: Path | None = None
+    init: InitWeights | None = None  # set by run(): the weights pretraining starts from (settings.init)
 
     @property
     def model_name(self) -> str:
@@ -72,6 +74,8 @@ def run(job: TrainJob) -> dict:
     """Run the whole job; returns the trial dict written to runs/metric/trial.txt."""
     t0 = job.started if job.started is not None else time.monotonic()
     pl.seed_everything(job.settings.seed, workers=True)
+    # Read and checked against this job's model before anything is written: a mismatch is the user's to fix.
+    job.init = read_init(job.settings.init, SimSiam(job.settings)) if job.settings.init else None
     if global_rank(job.settings) != 0:
         # DDP workers (torchrun, SLURM, Lightning's launcher) train but write nothing: rank 0 owns the outputs.
         with tempfile.TemporaryDirectory(prefix="simsiam-rank-") as scratch:
@@ -202,6 +206,7 @@ def _train_and_export(
         return {}  # the refine stage and the export run once, on rank 0 (see README, "DDP")
     assert valid is not None, "rank 0 reads valid"
     train_set.report_skipped(skipped)  # the unreadable train files the loader workers met
+    pretrained.train_images = len(train_set.kept)
     t_valid = time.monotonic()
     result = downstream(job, pretrained.model.backbone, valid, preset, skipped, train_set.snapshot())
     valid_time = time.monotonic() - t_valid
@@ -238,6 +243,9 @@ def pretrain(job: TrainJob, work: Path, train_set: PretrainImages) -> Pretrained
     batch = per_rank_batch(s, len(train_set))
     loader = pretrain_loader(train_set, batch, s.num_workers, pin_memory=job.device.type == "cuda")
     model = SimSiam(s, steps_per_epoch=len(loader) // world or 1, global_batch=batch * world)
+    if job.init is not None and job.resume_from is None:  # a resumed run has its own weights in the checkpoint
+        apply_init(job.init, model)
+        log.info("pretraining starts from %s %s: %s", job.init.kind, job.init.source, ", ".join(job.init.loaded))
     # Always a Timer (Trainer's max_time adds one only with a budget): it keeps the seconds trained in the
     # checkpoint, so a resumed run's train_time and time-based schedule count the interrupted run's part too.
     timer = Timer(duration=timedelta(seconds=s.time_budget_s) if s.time_budget_s > 0 else None, interval="step")
@@ -483,6 +491,8 @@ def record(
             },
             "timing": {"train_time": round4(pretrained.train_time), "valid_time": round4(valid_time)},
             "skipped": [{"path": p, "reason": r} for p, r in skipped.items],
+            # what pretraining started from: null for random init; a model folder's metrics as its parent's
+            "init": job.init.record() if job.init is not None else None,
         },
     )
     final = run_dir.commit()
