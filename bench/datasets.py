@@ -14,7 +14,7 @@ DEFAULT_SIZES = {"demo": (500, 100, 25), "photo": (40, 20, 10)}
 def bench_dataset(
     name: str, train: int | None = None, valid: int | None = None, test: int | None = None, extra_train: int = 0
 ) -> Path:
-    """`demo` (dataset/demo.py), `photo` (bench/photo_data.py) at the given images per class, or a folder.
+    """`demo` (dataset/demo.py), `photo` (dataset/photo.py) at the given images per class, or a folder.
 
     `extra_train` (demo only): that many more unlabelled images per class, drawn with the generator's seed 1,
     beside the same valid, test and train images: only the ratio of unlabelled to labelled images moves.
@@ -31,7 +31,7 @@ def bench_dataset(
         if not (root / "test").is_dir():
             make_demo_dataset(root, train_per_class=sizes[0], valid_per_class=sizes[1], test_per_class=sizes[2])
         return _with_extra_train(root, extra_train) if extra_train else root
-    from bench.photo_data import make_photo_dataset
+    from dataset.photo import make_photo_dataset
 
     root = Path(tempfile.gettempdir()) / f"simsiam_bench_photo_{'_'.join(map(str, sizes))}"
     if not (root / "test").is_dir():

@@ -5,7 +5,7 @@
 
 The .mar is unpacked as TorchServe unpacks it and its handler (handler/simsiam_handler.py) is initialised with
 TorchServe's MockContext on the device (gpu_id) or the CPU, so the figures are what one TorchServe worker spends
-per batch, without HTTP (bench/serve_latency.py adds the proxy and TorchServe's frontend; it needs Java). For each
+per batch, without HTTP (bench/serve_bench.py adds the proxy and TorchServe's frontend; it needs Java). For each
 batch size: preprocess (decode + the eval preset, on the CPU) and inference + postprocess (the device's forward,
 synchronised) p50 in ms per batch, and images/s of the whole handle().
 """

@@ -192,6 +192,7 @@ def main() -> int:
     p.add_argument("--used_model", required=True)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--duration", type=float, default=10.0, help="seconds per load run (default 10)")
+    p.add_argument("--device", default="cpu", help="where TorchServe runs the model: cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of each run (default 3)")
     p.add_argument("--image_size", default="640x480", help="the JPEG sent, WxH (default 640x480)")
     a = p.parse_args()
@@ -205,7 +206,7 @@ def main() -> int:
         "--used_model",
         a.used_model,
         "--device",
-        "cpu",
+        a.device,
         "--service_port",
         str(port),
     ]

@@ -39,7 +39,7 @@ NEED = {
     "pytest": "pytest",
     "pytest_timeout": "pytest-timeout",
     "hypothesis": "hypothesis",
-    # the proxy (bench/serve_latency.py, where Java runs TorchServe)
+    # the proxy (bench/serve_bench.py, where Java runs TorchServe)
     "fastapi": "fastapi==0.163.2",
     "uvicorn": "uvicorn==0.54.0",
     "multipart": "python-multipart==0.0.34",

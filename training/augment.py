@@ -199,8 +199,8 @@ def augment_for(s: Settings) -> SimSiamAugment:
         # The paper's CIFAR recipe has no blur: at 32 px it erases the little detail there is.
         blur_prob=0.0 if s.input_size < 64 else 0.5,
         # The paper's sigmas (0.1-2.0 px) are for 224-px crops (SimCLR sizes its blur kernel at 10 % of the image);
-        # kept in pixels, a 64-px crop is blurred 3.5x harder and small shapes vanish (bench/probe_curve.py on the
-        # demo, 250 steps: probe 0.385 with pixel sigmas, 0.445 scaled; random init 0.337).
+        # kept in pixels, a 64-px crop is blurred 3.5x harder and small shapes vanish (docs/benchmarks.md: a probe
+        # curve on the demo, 250 steps: probe 0.385 with pixel sigmas, 0.445 scaled; random init 0.337).
         blur_sigmas=(0.1 * s.input_size / 224, 2.0 * s.input_size / 224),
     )
 

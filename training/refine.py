@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 class RefineRecipe:
     epochs: int = 30
     batch_size: int = 64
-    lr: float = 0.2  # backbone base lr; used lr = lr x batch / 256 (bench/refine_recipe.py: 0.2 beat 0.01-0.5)
+    lr: float = 0.2  # backbone base lr; used lr = lr x batch / 256 (0.2 beat 0.01-0.5: docs/benchmarks.md)
     head_lr: float = 0.2  # head base lr
     head_c: float = 1.0  # inverse L2 strength of the probe head LP-FT starts from
     warmup: float = 0.0  # share of the schedule with a linear lr warm-up (MAE's fine-tuning; SimCLR's has none)

@@ -55,7 +55,7 @@ class Settings:
     refine: str = "finetune"  # "finetune": LP-FT of encoder + head on valid (exported); "probe": frozen encoder
     refine_epochs: int = 30  # fine-tuning epochs over valid (SimCLR: 30 for 10 % labels, 60 for 1 %)
     refine_batch_size: int = 64
-    refine_lr: float = 0.2  # fine-tuning backbone base lr; used lr = refine_lr x batch / 256 (bench/refine_recipe.py)
+    refine_lr: float = 0.2  # fine-tuning backbone base lr; used lr = refine_lr x batch / 256 (docs/benchmarks.md)
     refine_head_lr: float = 0.2  # head base lr (the head starts from the linear probe)
     refine_holdout: float = 0.2  # share of each valid class held out for the refined accuracy (metric_value)
     refine_time_budget_s: float = 0.0  # wall-clock cap on the whole refine stage, both runs (0 = none)

@@ -1,6 +1,6 @@
 """A second benchmark dataset made of real photographs that ship inside installed packages (nothing downloaded).
 
-    .venv/bin/python -m bench.photo_data /tmp/photo_dataset
+    .venv/bin/python -m dataset.photo /tmp/photo_dataset
 
 18 photographs (scikit-image's sample data, scikit-learn's two sample photos, matplotlib's Grace Hopper):
 people, a cat, a rocket, a motorcycle, coffee, coins, the moon, deep space, a retina, cells, tissue, bricks,
