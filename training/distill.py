@@ -10,7 +10,6 @@ images and the student augmented crops, as in Noisy Student (Xie et al., CVPR 20
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -18,9 +17,7 @@ from torch import nn
 from dataset.cache import ImageCache
 from evaluation.features import run_frozen
 from handler.eval_preset import EvalPreset
-
-if TYPE_CHECKING:  # training.refine runs the distillation phase
-    from training.refine import RefineImages
+from training.refine_images import RefineImages
 
 
 def teacher_targets(
