@@ -155,14 +155,17 @@ def test_sigkilled_training_never_moves_trial_txt_and_the_next_run_resumes_its_c
     partial = good.with_name("epoch=999-step=9999.ckpt")
     partial.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
 
-    resumed = run_train(tiny_dataset, runs, "killed", {**ENDLESS, "time_budget_s": 3, "resume": "last"})
+    # One epoch more than the checkpoint holds (a time budget would already be spent: the resumed run counts
+    # the killed run's seconds too).
+    done = int(good.name.split("-")[0].removeprefix("epoch="))
+    resumed = run_train(tiny_dataset, runs, "killed", {**ENDLESS, "epochs": done + 2, "resume": "last"})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"removed {models / staging2.name}, left by a run that was killed" in resumed.stderr
     assert f"resuming from {interrupted1 / 'checkpoints' / good.name}" in resumed.stderr
     trial = json.loads((runs / "metric" / "trial.txt").read_text())
     assert_complete(Path(trial["model_path"]), "killed")
     info = json.loads((Path(trial["model_path"]) / "model_info.json").read_text())
-    assert info["pretraining"]["epochs"] >= int(good.name.split("-")[0].removeprefix("epoch=")) + 1
+    assert info["pretraining"]["epochs"] >= done + 1
     assert dot_entries(runs) == []  # swept, and the resumed checkpoint consumed
     assert_complete(previous, "tiny")  # other models are never touched
 
