@@ -27,7 +27,9 @@ stamp=.venv/.requirements.sha256
 want=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing pinned packages (first run: about 2 minutes)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.txt
+  # (this machine's pip config names local indexes that may be absent: their warnings are dropped)
+  quiet() { grep -v "is ignored: it is neither a file nor a directory" >&2 || true; }
+  .venv/bin/python -m pip install -q --upgrade pip 2> >(quiet)
+  .venv/bin/python -m pip install -q -r requirements.txt 2> >(quiet)
   echo "$want" > "$stamp"
 fi
