@@ -49,14 +49,8 @@ class SharedImageCache:
         self.keep_side = keep_side
         self.what = what
         n = len(paths)
-        self.state = shared_array(n, np.uint8)
-        self.offset = shared_array(n, np.int64)
-        self.shape = shared_array(2 * n, np.int32).reshape(n, 2)
-        self.used = shared_array(1, np.int64)  # bytes of the arena handed out
         self.capacity = cache_mb * 2**20
-        # Pages are only backed once written: an arena bigger than the images costs nothing.
-        self.arena = shared_array(self.capacity, np.uint8)
-        self.lock = multiprocessing.get_context("fork").Lock()
+        self._allocate()
         log.info(
             "%s images: %d files; each decoded when first met and kept in %d MiB of memory shared by the loader "
             "workers",
@@ -67,6 +61,28 @@ class SharedImageCache:
 
     def __len__(self) -> int:
         return len(self.paths_listed)
+
+    # Shared memory is inherited through fork (Lightning's ddp launcher, the DataLoader's workers on Linux). A
+    # process that gets the train set pickled instead (strategy ddp_spawn, a spawn start method) starts with an
+    # empty cache of its own: a copy of the arena in the pickle would cost cache_mb per process for nothing.
+    _SHARED = ("state", "offset", "shape", "used", "arena", "lock")
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in self._SHARED}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._allocate()
+
+    def _allocate(self) -> None:
+        n = len(self.paths_listed)
+        self.state = shared_array(n, np.uint8)
+        self.offset = shared_array(n, np.int64)
+        self.shape = shared_array(2 * n, np.int32).reshape(n, 2)
+        self.used = shared_array(1, np.int64)  # bytes of the arena handed out
+        # Pages are only backed once written: an arena bigger than the images costs nothing.
+        self.arena = shared_array(self.capacity, np.uint8)
+        self.lock = multiprocessing.get_context("fork").Lock()
 
     def pixels(self, i: int) -> torch.Tensor:
         """uint8 3xHxW, shorter side at most keep_side."""

@@ -80,3 +80,16 @@ def test_an_unreadable_file_is_skipped_without_breaking_the_epoch(tiny_dataset: 
     assert len(view.items) == len(view.paths) == len(paths) - 1
     assert all(isinstance(x, torch.Tensor) for x in view.items)
     assert np.shares_memory(view.items[0].numpy(), cache.arena)
+
+
+def test_a_pickled_train_set_starts_with_an_empty_cache_of_its_own(tiny_dataset: Path) -> None:
+    """strategy ddp_spawn pickles the train set into each process: no copy of the arena, a fresh cache."""
+    import pickle
+
+    cache = SharedImageCache(read_unlabelled(tiny_dataset), 48, cache_mb=64)
+    first = cache.pixels(0).clone()
+    blob = pickle.dumps(cache)
+    assert len(blob) < 64 * 1024  # the file list, not the 64 MiB arena
+    copy = pickle.loads(blob)
+    assert copy.decoded == 0 and cache.decoded == 1
+    assert torch.equal(copy.pixels(0), first) and copy.decoded == 1
