@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
 
 from dataset.cache import ImageCache
@@ -37,6 +37,7 @@ from handler.eval_preset import EvalPreset
 from jobs import stop
 from jobs.device import autocast
 from training.distill import distill_images, teacher_targets
+from training.model import cosine_lr
 from training.refine_images import RefineImages
 
 log = logging.getLogger(__name__)
@@ -105,10 +106,10 @@ def _stages(encoder: nn.Module) -> dict[int, list[nn.Parameter]]:
 
 
 def _schedule(progress: float, warmup: float) -> float:
-    """lr factor at `progress` in [0, 1]: linear warm-up over the first `warmup`, then cosine decay to 0."""
+    """lr factor at `progress` in [0, 1]: linear warm-up over the first `warmup`, then pretraining's cosine decay."""
     if progress < warmup or warmup >= 1:
         return min(1.0, progress / warmup)
-    return 0.5 * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup)))
+    return cosine_lr(1.0, (progress - warmup) / (1 - warmup))
 
 
 def finetune(
@@ -206,21 +207,11 @@ def recalibrate_batchnorm(
     blow up (cross-entropy in the thousands). With the running statistics taken from these very images (precise
     BN, Wu & Johnson 2021; AdaBN, Li et al. 2016) both modes see the same features.
     """
-    norms = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over all batches, not an exponential one
     loader = DataLoader(EvalImages(paths, preset), batch_size=batch_size, collate_fn=collate_eval)
-    was_training = encoder.training
-    encoder.train()
-    with torch.no_grad():
-        for x, _, _ in loader:
-            if x is not None and len(x) > 1:
-                encoder(x.to(device).contiguous(memory_format=torch.channels_last))
-    for m, momentum in zip(norms, saved):
-        m.momentum = momentum
-    encoder.train(was_training)
+    # torch's own precise BN (torch.optim.swa_utils.update_bn): running statistics reset, a cumulative average over
+    # every batch in train mode without gradients, momentum and mode restored. A batch of 1 would be refused.
+    batches = (x.contiguous(memory_format=torch.channels_last) for x, _, _ in loader if x is not None and len(x) > 1)
+    update_bn(batches, encoder, device)
 
 
 def _lp_head(
