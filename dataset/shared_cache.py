@@ -28,7 +28,8 @@ from handler.eval_preset import ImageDecodeError, decode_image
 
 log = logging.getLogger(__name__)
 
-UNSEEN, CACHED, ON_DISK, UNREADABLE = 0, 1, 2, 3  # an image's state, shared by all workers
+# An image's state, shared by all workers. WRITING: a worker is copying its pixels in (others read the file).
+UNSEEN, CACHED, ON_DISK, UNREADABLE, WRITING = 0, 1, 2, 3, 4
 CHECK_UNMET = 10_000  # at the end, files no step met are checked for readability up to this many
 
 
@@ -117,6 +118,7 @@ class SharedImageCache:
                 self.state[i] = ON_DISK
                 return
             self.used[0] = start + n
+            self.state[i] = WRITING  # no second worker takes a slot for it meanwhile
         self.arena[start : start + n] = pixels.reshape(-1).numpy()
         self.offset[i] = start
         self.shape[i] = pixels.shape[1:]
@@ -134,7 +136,7 @@ class SharedImageCache:
     @property
     def kept(self) -> list[int]:
         """Indices of the files not known to be unreadable."""
-        return [i for i in range(len(self)) if self.state[i] != UNREADABLE]
+        return np.flatnonzero(self.state != UNREADABLE).tolist()
 
     @property
     def paths(self) -> list[Path]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import shutil
@@ -17,13 +16,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import psutil
-import yaml
 from PIL import Image
 
 from serving.ts_config import TorchServeConfig, write_run_config
@@ -44,16 +41,6 @@ def probe_image() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (120, 140, 160)).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def mar_model_config(mar: Path) -> dict:
-    """The model-config.yaml inside a .mar ({} if it has none)."""
-    with zipfile.ZipFile(mar) as z:
-        manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
-        name = manifest.get("model", {}).get("configFile")
-        if not name:
-            return {}
-        return yaml.safe_load(z.read(name)) or {}
 
 
 def find_torchserve() -> str:
