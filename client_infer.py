@@ -53,12 +53,16 @@ def _raise_stop(signum: int, frame) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
-async def _serve(app, host: str, port: int, ts, start_timeout: float, on_ready: Callable[[], None]) -> int:
+async def _serve(
+    app, host: str, port: int, ts, start_timeout: float, on_ready: Callable[[], None], proxies: int = 1
+) -> int:
     """Listen at once and answer 503 while TorchServe loads the model (SPEC: "503 while the model is not ready"),
     then proxy until a signal (uvicorn drains open requests first) or until TorchServe dies (exit code 1).
-    A model that cannot load raises TorchServeError after the proxy has stopped."""
+    A model that cannot load raises TorchServeError after the proxy has stopped. With `proxies` > 1, as many
+    processes serve the port (serving/proxies.py): this one and its children, which follow its readiness."""
     import uvicorn
 
+    from serving.proxies import ProxyChildren, bind_sockets
     from serving.server import server_config
     from serving.torchserve_process import TorchServeCancelled
 
@@ -66,7 +70,10 @@ async def _serve(app, host: str, port: int, ts, start_timeout: float, on_ready: 
     server = uvicorn.Server(config)
     stopping = threading.Event()  # ends the start-up wait whichever way _serve leaves
     app.state.loading = "TorchServe is loading it"
-    task = asyncio.create_task(server.serve())
+    sockets = bind_sockets(host, port, proxies) if proxies > 1 else []
+    children = ProxyChildren(sockets[1:], (ts.config.inference_url, ts.config.management_url), ts.model_name)
+    children.start()
+    task = asyncio.create_task(server.serve(sockets=sockets[:1] or None))
     loading = asyncio.create_task(
         asyncio.to_thread(ts.wait_ready, start_timeout, lambda: stopping.is_set() or server.should_exit)
     )
@@ -80,6 +87,7 @@ async def _serve(app, host: str, port: int, ts, start_timeout: float, on_ready: 
                 waiting = {task}
                 if (error := loading.exception()) is None:
                     app.state.loading = None
+                    children.set_ready()
                     on_ready()
                 elif not isinstance(error, TorchServeCancelled):  # cancelled: a signal is already stopping us
                     failed = error  # the model cannot load: stop listening, report it below
@@ -87,9 +95,13 @@ async def _serve(app, host: str, port: int, ts, start_timeout: float, on_ready: 
             elif not app.state.loading and not died and ts.poll() is not None:
                 log.error("TorchServe exited unexpectedly; stopping the service. Its last lines:\n%s", ts.tail())
                 died = server.should_exit = True
+            children.check()
         await task  # uvicorn re-raises the signal it caught: _Stop comes out here
     finally:
         stopping.set()
+        children.stop()
+        for sock in sockets:
+            sock.close()
         with contextlib.suppress(BaseException):
             await loading
     if failed is not None:
@@ -121,9 +133,11 @@ def main(args: argparse.Namespace) -> int:
         return 2
     from serving.app import create_app
     from serving.plan import serving_plan
+    from serving.proxies import proxy_count
     from serving.torchserve_process import TorchServeError, TorchServeProcess
 
     plan = serving_plan(gpus=0 if gpu_index is None else 1)
+    proxies = proxy_count()
     ts = TorchServeProcess(
         model_dir,
         args.used_model,
@@ -141,12 +155,14 @@ def main(args: argparse.Namespace) -> int:
 
         def on_ready() -> None:
             log.info(
-                "model %s ready on %s (%d workers, %d torch threads each); API: http://%s:%d/autotable/predict; "
+                "model %s ready on %s (%d workers, %d torch threads each; %d proxy processes); "
+                "API: http://%s:%d/autotable/predict; "
                 "TorchServe (loopback only): inference %s, management %s, metrics %s/metrics",
                 args.used_model,
                 device,
                 plan.workers,
                 plan.threads,
+                proxies,
                 args.host,
                 args.service_port,
                 cfg.inference_url,
@@ -159,7 +175,7 @@ def main(args: argparse.Namespace) -> int:
         import uvloop  # libuv's event loop: less CPU per request than asyncio's own
 
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(_serve(app, args.host, args.service_port, ts, start_timeout, on_ready))
+            return runner.run(_serve(app, args.host, args.service_port, ts, start_timeout, on_ready, proxies))
     except _Stop as e:
         log.info("%s: stopping", e)
         return 0

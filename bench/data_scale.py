@@ -1,8 +1,9 @@
 """Training data at scale: time to the first SimSiam step, peak memory and steady images/s against the number of
 train images, for the product's train set (decoded when first met, cached in memory the loader workers share)
-beside the eager cache it replaced (every image decoded before the first step).
+beside the eager cache it replaced (every image decoded before the first step), and beside the same images as
+LitData shards (`--modes shards`, made once beforehand, streamed and decoded each time they are met).
 
-    .venv/bin/python -m bench.data_scale --counts 2520 25200 --epochs 2
+    .venv/bin/python -m bench.data_scale --counts 2520 25200 --epochs 2 --modes shared eager shards
 
 The images are 640x480 JPEGs (photo-like noise); beyond `--unique` of them, hard links. Each run is a fresh
 process (peak RSS is its own): the train set is built, a DataLoader with 2 workers and a resnet18 SimSiam step
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,6 +46,17 @@ def make_images(root: Path, count: int, unique: int) -> Path:
     return folder
 
 
+def make_shards(folder: Path) -> None:
+    """The images of `folder` as LitData shards beside it (once; not part of a run's start-up, as for a user)."""
+    from dataset.reader import list_images
+    from dataset.shards import write_shards
+
+    out = folder.parent / "shards"
+    if not (out / "index.json").is_file():
+        shutil.rmtree(out, ignore_errors=True)
+        write_shards(list_images(folder), folder.parent, str(out))
+
+
 def run_one(folder: Path, mode: str, epochs: int, steps: int, cache_mb: int) -> dict:
     """In this process: build the train set, then train; the figures as a dict."""
     t0 = time.monotonic()
@@ -51,19 +64,24 @@ def run_one(folder: Path, mode: str, epochs: int, steps: int, cache_mb: int) -> 
 
     from dataset.cache import ImageCache
     from dataset.reader import Skipped, list_images
+    from dataset.stream import StreamedImages
     from jobs.device import autocast, resolve_precision
     from training.augment import augment_for
     from training.model import SimSiam
-    from training.pretrain_data import PretrainImages, pretrain_loader
+    from training.pretrain_data import PretrainImages, pretrain_loader, stream_loader
     from training.settings import build_settings
 
     s = build_settings({"input_size": 64, "batch_size": 64, "num_workers": 2, "cache_mb": cache_mb})
-    paths = list_images(folder)
-    data = PretrainImages(paths, s.input_size, augment_for(s), s.cache_mb, Skipped())
-    if mode == "eager":  # the previous train set: every image decoded, and cached within cache_mb, up front
-        eager = ImageCache(paths, 2 * s.input_size, s.cache_mb, Skipped(), threads=min(8, os.cpu_count() or 1))
-        data.pixels = eager.pixels  # type: ignore[method-assign]
-    loader = pretrain_loader(data, s.batch_size, s.num_workers)
+    if mode == "shards":  # streamed from LitData shards made beforehand (make_shards), as a job with train_shards
+        data = StreamedImages(str(folder.parent / "shards"), 2 * s.input_size, s.cache_mb, s.seed)
+        loader = stream_loader(data, s.batch_size, s.num_workers, augment_for(s), False, pin_memory=False)
+    else:
+        paths = list_images(folder)
+        data = PretrainImages(paths, s.input_size, augment_for(s), s.cache_mb, Skipped())
+        if mode == "eager":  # the previous train set: every image decoded, and cached within cache_mb, up front
+            eager = ImageCache(paths, 2 * s.input_size, s.cache_mb, Skipped(), threads=min(8, os.cpu_count() or 1))
+            data.pixels = eager.pixels  # type: ignore[method-assign]
+        loader = pretrain_loader(data, s.batch_size, s.num_workers)
     model = SimSiam(s, steps_per_epoch=len(loader), global_batch=s.batch_size)
     opt = model.configure_optimizers()
     precision = resolve_precision("auto", torch.device("cpu"))
@@ -94,7 +112,7 @@ def run_one(folder: Path, mode: str, epochs: int, steps: int, cache_mb: int) -> 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--counts", type=int, nargs="+", default=[2520, 25200])
-    p.add_argument("--modes", nargs="+", default=["shared", "eager"])
+    p.add_argument("--modes", nargs="+", default=["shared", "eager", "shards"])
     p.add_argument("--unique", type=int, default=2520)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--steps", type=int, default=40, help="steps per epoch at most (default 40)")
@@ -109,6 +127,8 @@ def main() -> None:
           f"{'peak RSS MiB':>13} {'workers RSS':>12}")  # fmt: skip
     for count in a.counts:
         folder = make_images(a.root, count, a.unique)
+        if "shards" in a.modes:
+            make_shards(folder)
         for mode in a.modes:
             cmd = [sys.executable, "-m", "bench.data_scale", "--one", str(folder), mode]
             cmd += ["--epochs", str(a.epochs), "--steps", str(a.steps), "--cache_mb", str(a.cache_mb)]

@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -168,16 +169,27 @@ def p50_sequential(send: Callable[[], object], n: int) -> float:
     return statistics.median(ms)
 
 
-def interleaved(runs: dict[str, Callable[[], LoadResult]], rounds: int, cpu_of: psutil.Process) -> dict:
-    """Each run `rounds` times, in alternating order (ABBA...), pooled; plus the proxy process's CPU seconds."""
+def proxy_cpu_s(proc: subprocess.Popen) -> float:
+    """CPU seconds of the proxy: client_infer.py and its proxy children (SIMSIAM_PROXY_PROCESSES > 1)."""
+    me = partial(proxy_cpu_s, proc)
+    family = [me, *(p for p in me.children() if "spawn_main" in " ".join(p.cmdline()))]
+    total = 0.0
+    for p in family:
+        with contextlib.suppress(psutil.Error):
+            total += sum(p.cpu_times()[:2])
+    return total
+
+
+def interleaved(runs: dict[str, Callable[[], LoadResult]], rounds: int, cpu_of: Callable[[], float]) -> dict:
+    """Each run `rounds` times, in alternating order (ABBA...), pooled; plus the proxy processes' CPU seconds."""
     pooled = {name: LoadResult() for name in runs}
     cpu = dict.fromkeys(runs, 0.0)
     names = list(runs)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            c0 = sum(cpu_of.cpu_times()[:2])
+            c0 = cpu_of()
             res = runs[name]()
-            cpu[name] += sum(cpu_of.cpu_times()[:2]) - c0
+            cpu[name] += cpu_of() - c0
             pooled[name].latencies_ms += res.latencies_ms
             pooled[name].seconds += res.seconds
             pooled[name].errors += res.errors
@@ -237,7 +249,7 @@ def report(a: argparse.Namespace, url: str, direct_url: str, proc: subprocess.Po
     big = jpeg(6000, 4000, seed=1)
     proxy_url = f"{url}/autotable/predict"
     mem0 = rss_mib([proc.pid]), rss_mib(workers(proc))
-    me = psutil.Process(proc.pid)
+    me = partial(proxy_cpu_s, proc)
 
     def load(target: str, direct: bool, clients: int, seconds: float) -> Callable[[], LoadResult]:
         return lambda: asyncio.run(run_load(target, image, direct, clients, seconds, 10**6))

@@ -39,29 +39,14 @@ def shared_array(n: int, dtype: np.dtype | type) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, size, flags=mmap.MAP_SHARED), dtype=dtype, count=n)
 
 
-class SharedImageCache:
-    """`cache.pixels(i)` -> uint8 3xHxW of the i-th path (shorter side <= keep_side); an unreadable file gives
-    another image's pixels. `len(cache)` is the number of files listed."""
+class SharedPixels:
+    """Decoded images by index, in one arena of anonymous shared memory that forked loader workers share: `keep`
+    copies an image in while the arena lasts, `cached` gives it back (a view, no copy) or None."""
 
-    def __init__(self, paths: list[Path], keep_side: int, cache_mb: int, what: str = "train") -> None:
-        if not paths:
-            raise DatasetError(f"no {what} images")
-        self.paths_listed = list(paths)
-        self.keep_side = keep_side
-        self.what = what
-        n = len(paths)
+    def __init__(self, n: int, cache_mb: int) -> None:
+        self.n = n
         self.capacity = cache_mb * 2**20
         self._allocate()
-        log.info(
-            "%s images: %d files; each decoded when first met and kept in %d MiB of memory shared by the loader "
-            "workers",
-            what,
-            n,
-            cache_mb,
-        )
-
-    def __len__(self) -> int:
-        return len(self.paths_listed)
 
     # Shared memory is inherited through fork (Lightning's ddp launcher, the DataLoader's workers on Linux). A
     # process that gets the train set pickled instead (strategy ddp_spawn, a spawn start method) starts with an
@@ -76,7 +61,7 @@ class SharedImageCache:
         self._allocate()
 
     def _allocate(self) -> None:
-        n = len(self.paths_listed)
+        n = self.n
         self.state = shared_array(n, np.uint8)
         self.offset = shared_array(n, np.int64)
         self.shape = shared_array(2 * n, np.int32).reshape(n, 2)
@@ -85,30 +70,14 @@ class SharedImageCache:
         self.arena = shared_array(self.capacity, np.uint8)
         self.lock = multiprocessing.get_context("fork").Lock()
 
-    def pixels(self, i: int) -> torch.Tensor:
-        """uint8 3xHxW, shorter side at most keep_side."""
-        for _ in range(len(self)):
-            state = self.state[i]
-            if state == CACHED:
-                h, w = self.shape[i]
-                start = self.offset[i]
-                return torch.from_numpy(self.arena[start : start + 3 * h * w]).view(3, h, w)
-            if state != UNREADABLE:
-                try:
-                    image = downscale(decode_image(self.paths_listed[i], min_side=self.keep_side), self.keep_side)
-                except ImageDecodeError as e:
-                    if self.state[i] != UNREADABLE:
-                        self.state[i] = UNREADABLE
-                        log.warning("skipping unreadable image %s: %s", self.paths_listed[i], e)
-                else:
-                    pixels = to_uint8_tensor(image)
-                    if state == UNSEEN:
-                        self._keep(i, pixels)
-                    return pixels
-            i = (i + 1) % len(self)  # another image stands in; the epoch goes on
-        raise DatasetError(f"none of the {len(self)} {self.what} images could be read (see the warnings above)")
+    def cached(self, i: int) -> torch.Tensor | None:
+        if self.state[i] != CACHED:
+            return None
+        h, w = self.shape[i]
+        start = self.offset[i]
+        return torch.from_numpy(self.arena[start : start + 3 * h * w]).view(3, h, w)
 
-    def _keep(self, i: int, pixels: torch.Tensor) -> None:
+    def keep(self, i: int, pixels: torch.Tensor) -> None:
         n = pixels.numel()
         with self.lock:
             if self.state[i] != UNSEEN:  # another worker got there first
@@ -132,6 +101,50 @@ class SharedImageCache:
     @property
     def cached_bytes(self) -> int:
         return int(self.used[0])
+
+
+class SharedImageCache(SharedPixels):
+    """`cache.pixels(i)` -> uint8 3xHxW of the i-th path (shorter side <= keep_side); an unreadable file gives
+    another image's pixels. `len(cache)` is the number of files listed."""
+
+    def __init__(self, paths: list[Path], keep_side: int, cache_mb: int, what: str = "train") -> None:
+        if not paths:
+            raise DatasetError(f"no {what} images")
+        self.paths_listed = list(paths)
+        self.keep_side = keep_side
+        self.what = what
+        super().__init__(len(paths), cache_mb)
+        log.info(
+            "%s images: %d files; each decoded when first met and kept in %d MiB of memory shared by the loader "
+            "workers",
+            what,
+            len(paths),
+            cache_mb,
+        )
+
+    def __len__(self) -> int:
+        return len(self.paths_listed)
+
+    def pixels(self, i: int) -> torch.Tensor:
+        """uint8 3xHxW, shorter side at most keep_side."""
+        for _ in range(len(self)):
+            state = self.state[i]
+            if (pixels := self.cached(i)) is not None:
+                return pixels
+            if state != UNREADABLE:
+                try:
+                    image = downscale(decode_image(self.paths_listed[i], min_side=self.keep_side), self.keep_side)
+                except ImageDecodeError as e:
+                    if self.state[i] != UNREADABLE:
+                        self.state[i] = UNREADABLE
+                        log.warning("skipping unreadable image %s: %s", self.paths_listed[i], e)
+                else:
+                    pixels = to_uint8_tensor(image)
+                    if state == UNSEEN:
+                        self.keep(i, pixels)
+                    return pixels
+            i = (i + 1) % len(self)  # another image stands in; the epoch goes on
+        raise DatasetError(f"none of the {len(self)} {self.what} images could be read (see the warnings above)")
 
     @property
     def kept(self) -> list[int]:

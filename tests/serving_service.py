@@ -80,9 +80,15 @@ def alive(p: psutil.Process) -> bool:
 
 
 def start_service(
-    model: dict, log_path: Path, device: str = "cpu", timeout: float = 180.0, wait: bool = True
+    model: dict,
+    log_path: Path,
+    device: str = "cpu",
+    timeout: float = 180.0,
+    wait: bool = True,
+    env: dict[str, str] | None = None,
 ) -> Service:
-    """Start client_infer.py for the trial dict `model` (trained_model fixture); wait until /health says 200."""
+    """Start client_infer.py for the trial dict `model` (trained_model fixture); wait until /health says 200.
+    `env` adds to the environment (settings such as SIMSIAM_PROXY_PROCESSES)."""
     port = free_port()
     # One worker of one thread: the fault tests kill "the" worker; 2 CPU cores run the suite beside it.
     env = {
@@ -91,6 +97,7 @@ def start_service(
         "SIMSIAM_TORCH_THREADS": "1",
         "SIMSIAM_TS_WORKERS": "1",
         "PYTHONUNBUFFERED": "1",
+        **(env or {}),
     }
     cmd = [
         sys.executable,

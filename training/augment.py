@@ -84,9 +84,7 @@ class SimSiamAugment:
         return list(x.chunk(2))
 
     def _crop(self, image: torch.Tensor) -> torch.Tensor:
-        top, left, h, w = RandomResizedCrop.get_params(image, (self.min_scale, 1.0), (3 / 4, 4 / 3))
-        size = [self.input_size, self.input_size]
-        return TF.resized_crop(image, top, left, h, w, size, antialias=True)
+        return random_resized_crop(image, self.input_size, (self.min_scale, 1.0))
 
     def draw(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> ViewParams:
         """Every random choice for n views, drawn on `device` (a GPU draws its own: no host round trip)."""
@@ -260,3 +258,10 @@ def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tens
         *v.shape[:-2], 3, 6, *v.shape[-2:]
     )
     return table.gather(-3, i[..., None, None, :, :].expand(*v.shape[:-2], 3, 1, *v.shape[-2:])).squeeze(-3)
+
+
+def random_resized_crop(image: torch.Tensor, size: int, scale: tuple[float, float]) -> torch.Tensor:
+    """torchvision's RandomResizedCrop on a uint8 3xHxW tensor (area in `scale`, aspect 3/4 to 4/3), antialiased:
+    the crop of pretraining's views and of the refine stage's training images."""
+    top, left, h, w = RandomResizedCrop.get_params(image, scale, (3 / 4, 4 / 3))
+    return TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)

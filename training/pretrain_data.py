@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from dataset.reader import Skipped
+from dataset.reader import DatasetError, Skipped
 from dataset.shared_cache import SharedImageCache
+from dataset.stream import StreamedImages, StreamLoader
 from training.augment import SimSiamAugment
 
 
@@ -69,4 +70,37 @@ def pretrain_loader(data: PretrainImages, batch_size: int, num_workers: int, pin
         persistent_workers=workers > 0,
         pin_memory=pin_memory,
         collate_fn=collate_views,
+    )
+
+
+class BatchViews:
+    """collate_fn of a streamed train set: the batch's decoded images -> [view0, view1] (or uint8 crops with
+    `on_device`), in the loader worker; an image that failed to decode (None) is left out of its batch."""
+
+    def __init__(self, augment: SimSiamAugment, on_device: bool) -> None:
+        self.augment = augment
+        self.on_device = on_device
+
+    def __call__(self, images: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        images = [im for im in images if im is not None]
+        if len(images) < 2:
+            raise DatasetError("a whole batch of the train shards failed to decode; remake them with dataset.shards")
+        if self.on_device:
+            return list(self.augment.crops(images).chunk(2))
+        return self.augment.views(images)
+
+
+def stream_loader(
+    data: StreamedImages, batch_size: int, num_workers: int, augment: SimSiamAugment, on_device: bool, pin_memory: bool
+) -> StreamLoader:
+    """The pretraining loader of a streamed train set (LitData shards): LitData shuffles and splits the chunks
+    over ranks and workers; full batches only."""
+    workers = min(num_workers, os.cpu_count() or 1)
+    return StreamLoader(
+        data,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=BatchViews(augment, on_device),
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
     )

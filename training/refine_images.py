@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torchvision.transforms import RandomResizedCrop
-from torchvision.transforms.v2 import functional as TF
 
 from dataset.cache import ImageCache
 from dataset.reader import Skipped
 from handler.eval_preset import EvalPreset
+from training.augment import random_resized_crop
 
 
 class RefineImages(ImageCache):
@@ -43,8 +42,7 @@ class RefineImages(ImageCache):
         return sub
 
     def _crop(self, image: torch.Tensor) -> torch.Tensor:
-        top, left, h, w = RandomResizedCrop.get_params(image, self.scale, (3 / 4, 4 / 3))
-        crop = TF.resized_crop(image, top, left, h, w, [self.size, self.size], antialias=True)
+        crop = random_resized_crop(image, self.size, self.scale)
         return crop.flip(-1) if torch.rand(()) < 0.5 else crop
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,6 +67,8 @@ class Settings:
     precision: str = "auto"  # "auto": bf16-mixed on Ampere+ GPUs, 16-mixed on older; CPU: bf16-mixed if native
     resume: str = ""  # "last": continue the newest interrupted run's checkpoint; or a path to a .ckpt
     init: str = ""  # start pretraining from: a model folder, a .ckpt, a ResNet state_dict file, or "imagenet"
+    train_shards: str = ""  # the train images as shards (python -m dataset.shards): a folder or s3:// URL
+    checkpoint_interval_s: float = 0.0  # a resumable checkpoint every this many seconds of training, 0 = per epoch
 
     @property
     def small_stem(self) -> bool:
@@ -117,6 +119,12 @@ _CHECKS: dict[str, tuple[type, Any, str]] = {
         lambda v: len(v) < 4096,
         "'' (random init), a model folder, a .ckpt, a file holding a ResNet state_dict, or 'imagenet'",
     ),
+    "train_shards": (
+        str,
+        lambda v: len(v) < 4096,
+        "'' (train/images), or a folder or s3:// URL of shards made by python -m dataset.shards",
+    ),
+    "checkpoint_interval_s": (float, lambda v: v >= 0, "seconds >= 0 (0 = a checkpoint at the end of each epoch)"),
 }
 assert set(_CHECKS) == {f.name for f in fields(Settings)}, "every setting needs a check"
 VALID_KEY_NAMES = f"Valid keys: {', '.join(_CHECKS)}"  # appended to every bad-value message
@@ -181,6 +189,12 @@ def build_settings(overrides: dict[str, Any]) -> Settings:
         raise SettingsError(
             f"advance_settings distill_epochs={settings.distill_epochs} needs refine 'finetune' (distillation trains "
             f"the encoder; refine 'probe' keeps it frozen): drop one of the two. {VALID_KEY_NAMES}"
+        )
+    if settings.train_shards and settings.distill_epochs:
+        raise SettingsError(
+            f"advance_settings distill_epochs={settings.distill_epochs} needs the train images in a folder "
+            "(distillation revisits them after pretraining); with train_shards drop distill_epochs. "
+            f"{VALID_KEY_NAMES}"
         )
     return settings
 

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import cached_property, partial
+from functools import cached_property
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -26,6 +26,7 @@ from torch import nn
 
 from dataset.cache import ImageCache
 from dataset.reader import DatasetError, LabelledSplit, Skipped, read_labelled, read_unlabelled, readable
+from dataset.stream import StreamedImages, StreamState
 from evaluation.confusion_plot import plot_confusion_matrix
 from evaluation.features import run_frozen
 from evaluation.probe import ProbeResult, linear_probe
@@ -38,7 +39,7 @@ from training.augment import augment_for, augments_on_device
 from training.init import InitWeights, apply_init, read_init
 from training.model import SimSiam
 from training.plots import plot_training_curves
-from training.pretrain_data import PretrainImages, pretrain_loader
+from training.pretrain_data import PretrainImages, pretrain_loader, stream_loader
 from training.refine import RefineRecipe, RefineResult, refine
 from training.settings import Settings
 
@@ -114,27 +115,31 @@ def run(job: TrainJob) -> dict:
 
 def prepare_data(
     job: TrainJob, with_valid: bool = True
-) -> tuple[PretrainImages, LabelledSplit | None, EvalPreset, Skipped]:
-    """Check `valid` first (cheap, fails fast), then decode and cache the train images. Only rank 0 uses `valid`
-    (with_valid=False elsewhere): the other DDP processes never read it."""
+) -> tuple[PretrainImages | StreamedImages, LabelledSplit | None, EvalPreset, Skipped]:
+    """The train images (a file list, or a shard location), then `valid`, checked whole (it is small). Only rank 0
+    uses `valid` (with_valid=False elsewhere): the other DDP processes never read it."""
     s = job.settings
     preset = EvalPreset(input_size=s.input_size)
     skipped = Skipped()
     threads = min(8, os.cpu_count() or 1)
-    train_paths = read_unlabelled(job.dataset)
-    job.fingerprint = fingerprint(job, train_paths)
+    on_device = augments_on_device(s, job.device)
+    train_set: PretrainImages | StreamedImages
+    if s.train_shards:  # streamed from LitData shards (a folder or s3://): their index read, nothing decoded
+        train_set = StreamedImages(s.train_shards, 2 * s.input_size, s.cache_mb, s.seed)
+        job.fingerprint = fingerprint(job, train_files=train_set.fingerprint(), source=train_set.url)
+    else:  # the file list only: each image is decoded when a loader worker first meets it
+        train_paths = read_unlabelled(job.dataset)
+        job.fingerprint = fingerprint(job, train_files=_file_list_digest(job, train_paths))
     # A resume that names another job's checkpoint fails here, before any image is decoded.
     job.resume_from = find_resume_checkpoint(job.runs_dir.resolve(), s.resume, job.fingerprint)
-    train_set = partial(
-        PretrainImages,
-        train_paths,
-        s.input_size,
-        augment_for(s),
-        s.cache_mb,
-        on_device=augments_on_device(s, job.device),
-    )
+
+    def train_images() -> PretrainImages | StreamedImages:  # made last: a bad `valid` fails before its log lines
+        if s.train_shards:
+            return train_set
+        return PretrainImages(train_paths, s.input_size, augment_for(s), s.cache_mb, skipped, on_device=on_device)
+
     if not with_valid:
-        return train_set(skipped, threads), None, preset, skipped
+        return train_images(), None, preset, skipped
     valid = read_labelled(job.dataset, "valid")
     keep = [i for i, ok in enumerate(readable(valid.paths, preset.resize_size, skipped, threads)) if ok]
     valid.paths = [valid.paths[i] for i in keep]
@@ -148,18 +153,21 @@ def prepare_data(
     relabel = {old: new for new, old in enumerate(present)}
     valid.labels = [relabel[y] for y in valid.labels]
     check_downstream_inputs(valid)
-    return train_set(skipped, threads), valid, preset, skipped
+    return train_images(), valid, preset, skipped
 
 
-def fingerprint(job: TrainJob, train_paths: list[Path]) -> dict:
-    """What a checkpoint must share with this job to be resumed by it: the dataset, its train file list and the
-    settings that shape the model. Others (epochs, lr, budgets) may change on resume."""
-    s = job.settings
+def _file_list_digest(job: TrainJob, train_paths: list[Path]) -> str:
     names = sorted(os.fsencode(os.path.relpath(p, job.dataset)).hex() for p in train_paths)
-    files = hashlib.sha256("\n".join(names).encode()).hexdigest()
+    return f"{len(train_paths)} files, sha256 {hashlib.sha256(chr(10).join(names).encode()).hexdigest()[:16]}"
+
+
+def fingerprint(job: TrainJob, train_files: str, source: str | None = None) -> dict:
+    """What a checkpoint must share with this job to be resumed by it: the dataset, its train images (the file
+    list, or the shards' index) and the settings that shape the model. Others (epochs, lr, budgets) may change."""
+    s = job.settings
     return {
-        "dataset": str(job.dataset.resolve()),
-        "train_files": f"{len(train_paths)} files, sha256 {files[:16]}",
+        "dataset": source or str(job.dataset.resolve()),
+        "train_files": train_files,
         "backbone": s.backbone,
         "input_size": s.input_size,
         "stem": "cifar" if s.small_stem else "imagenet",
@@ -192,7 +200,7 @@ def _train_and_export(
     job: TrainJob,
     run_dir: RunFolder | None,
     work: Path,
-    train_set: PretrainImages,
+    train_set: PretrainImages | StreamedImages,
     valid: LabelledSplit | None,
     preset: EvalPreset,
     skipped: Skipped,
@@ -206,9 +214,11 @@ def _train_and_export(
         return {}  # the refine stage and the export run once, on rank 0 (see README, "DDP")
     assert valid is not None, "rank 0 reads valid"
     train_set.report_skipped(skipped)  # the unreadable train files the loader workers met
-    pretrained.train_images = len(train_set.kept)
+    streamed = isinstance(train_set, StreamedImages)
+    pretrained.train_images = train_set.images if streamed else len(train_set.kept)
     t_valid = time.monotonic()
-    result = downstream(job, pretrained.model.backbone, valid, preset, skipped, train_set.snapshot())
+    unlabelled = None if streamed else train_set.snapshot()  # for distillation (refused with shards)
+    result = downstream(job, pretrained.model.backbone, valid, preset, skipped, unlabelled)
     valid_time = time.monotonic() - t_valid
     export(job, run_dir.path, result, valid, preset)
     return record(job, run_dir, pretrained, result, skipped, valid_time, t0)
@@ -236,12 +246,18 @@ class StepsAtStart(pl.Callback):
         self.step = trainer.global_step
 
 
-def pretrain(job: TrainJob, work: Path, train_set: PretrainImages) -> Pretrained:
+def pretrain(job: TrainJob, work: Path, train_set: PretrainImages | StreamedImages) -> Pretrained:
     """SimSiam on the unlabelled train images (Lightning: checkpoints, CSV log, AMP, DDP)."""
     s = job.settings
     world = s.devices * s.num_nodes
     batch = per_rank_batch(s, len(train_set))
-    loader = pretrain_loader(train_set, batch, s.num_workers, pin_memory=job.device.type == "cuda")
+    pin = job.device.type == "cuda"
+    streamed = isinstance(train_set, StreamedImages)
+    on_device = augments_on_device(s, job.device)
+    if streamed:
+        loader = stream_loader(train_set, batch, s.num_workers, augment_for(s), on_device, pin_memory=pin)
+    else:
+        loader = pretrain_loader(train_set, batch, s.num_workers, pin_memory=pin)
     model = SimSiam(s, steps_per_epoch=len(loader) // world or 1, global_batch=batch * world)
     if job.init is not None and job.resume_from is None:  # a resumed run has its own weights in the checkpoint
         apply_init(job.init, model)
@@ -250,6 +266,14 @@ def pretrain(job: TrainJob, work: Path, train_set: PretrainImages) -> Pretrained
     # checkpoint, so a resumed run's train_time and time-based schedule count the interrupted run's part too.
     timer = Timer(duration=timedelta(seconds=s.time_budget_s) if s.time_budget_s > 0 else None, interval="step")
     at_start = StepsAtStart()
+    if s.checkpoint_interval_s > 0:  # long epochs (a streamed dataset): a checkpoint every so many seconds
+        checkpoints = ModelCheckpoint(
+            dirpath=str(work / "checkpoints"),
+            save_top_k=1,
+            train_time_interval=timedelta(seconds=s.checkpoint_interval_s),
+        )
+    else:
+        checkpoints = ModelCheckpoint(dirpath=str(work / "checkpoints"), save_top_k=1)
     trainer = pl.Trainer(
         **device_args(s, job.device, job.precision),
         max_epochs=s.epochs,
@@ -257,7 +281,8 @@ def pretrain(job: TrainJob, work: Path, train_set: PretrainImages) -> Pretrained
         # save_top_k=1 without a monitor keeps exactly the newest epoch's checkpoint, written every epoch
         # (save_last alone would only write at the very end, too late to resume an interrupted run).
         callbacks=[
-            ModelCheckpoint(dirpath=str(work / "checkpoints"), save_top_k=1),
+            checkpoints,
+            *([StreamState(loader)] if streamed else []),  # the stream's position, for a mid-epoch resume
             # Each refresh reads the logged loss back from the device (a sync): on a GPU, whose steps take
             # milliseconds, a refresh every step would keep the CPU from queueing the next step ahead.
             TQDMProgressBar(refresh_rate=1 if job.device.type == "cpu" else 20),
@@ -276,22 +301,27 @@ def pretrain(job: TrainJob, work: Path, train_set: PretrainImages) -> Pretrained
     t_train = time.monotonic()
     trainer.fit(model, loader, ckpt_path=str(resume) if resume else None)
     time_here = time.monotonic() - t_train
+    if s.checkpoint_interval_s > 0 and trainer.global_step > 0:
+        # The interval's last checkpoint may be minutes old: keep the finished state, so that a failure later in
+        # the job resumes after pretraining rather than redoing its end.
+        trainer.save_checkpoint(work / "checkpoints" / f"epoch={trainer.current_epoch}-step={trainer.global_step}.ckpt")
     if trainer.global_step == 0:  # Lightning only warns; a random encoder must not be exported as trained
         raise DatasetError(
             f"pretraining made no optimiser step ({len(train_set)} train images, batch {batch} on {world} "
             "process(es)): add train images, or lower batch_size or devices"
         )
     log.info(
-        "rank %d: %d of %d train images decoded, %.0f MiB of them cached in shared memory",
+        "rank %d: %d of %d train images decoded, %.0f MiB of them cached in shared memory%s",
         trainer.global_rank,
-        train_set.decoded,
-        len(train_set),
-        train_set.cached_bytes / 2**20,
+        train_set.pixel_cache.decoded if streamed else train_set.decoded,
+        train_set.images if streamed else len(train_set),
+        (train_set.pixel_cache if streamed else train_set).cached_bytes / 2**20,
+        f" (streamed from {s.train_shards})" if streamed else "",
     )
     steps_here = trainer.global_step - at_start.step
     images_per_s = steps_here * batch * world / max(time_here, 1e-9)
     train_time = timer.time_elapsed("train")
-    augment_on = "device" if train_set.on_device else "workers"
+    augment_on = "device" if on_device else "workers"
     log.info(
         "pretraining: %d steps in %.1f s (%.1f images/s, %s, augmentation on the %s)%s",
         steps_here,
@@ -485,6 +515,7 @@ def record(
                 "epochs": trainer.current_epoch,
                 "images_per_s": round(pretrained.images_per_s, 1),
                 "train_images": pretrained.train_images,
+                "train_source": s.train_shards or str((job.dataset / "train").resolve()),
                 "precision": pretrained.precision,
                 "device": str(job.device),
                 "augment_on": pretrained.augment_on,

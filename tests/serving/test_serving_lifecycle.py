@@ -3,6 +3,7 @@ dying."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -161,6 +162,57 @@ def test_sigterm_while_the_model_loads_stops_everything(trained_model, tmp_path)
         svc.stop()
     assert not _gone(family) and stopped_s < 30
     assert "SIGTERM: stopping" in svc.output() and "ready on" not in svc.output()
+
+
+def test_several_proxy_processes_serve_one_port(trained_model, tmp_path):
+    """SIMSIAM_PROXY_PROCESSES=2: both processes answer 503 while the model loads, then both take connections
+    and answer 200; a proxy child killed is restarted while the other serves; SIGTERM stops all of them."""
+    svc = start_service(trained_model, tmp_path / "client_infer.log", wait=False, env={"SIMSIAM_PROXY_PROCESSES": "2"})
+    port = int(svc.url.rsplit(":", 1)[1])
+    body = {"content": b64(image_bytes())}
+    try:
+        first = _first_answer(svc, "/autotable/predict", json=body)
+        assert first.status_code == 503 and "not ready" in first.json()["msg"], first.text
+        children = _proxy_children(svc)
+        assert len(children) == 1, [p.cmdline() for p in svc.snapshot()]
+        # New connections go to either socket: while loading, each of them says 503 (the child follows the parent).
+        loading = [requests.get(f"{svc.url}/health", timeout=10).status_code for _ in range(8)]
+        assert set(loading) == {503} or "ready on" in svc.output(), loading
+        sessions = [requests.Session() for _ in range(16)]
+        deadline = time.monotonic() + 120
+        while any(s.post(f"{svc.url}/autotable/predict", json=body, timeout=60).status_code != 200 for s in sessions):
+            assert time.monotonic() < deadline, svc.output()[-3000:]
+            time.sleep(0.5)
+        # 16 keep-alive connections spread over the two sockets by the kernel: each process holds some.
+        held = {p.pid: _established(p, port) for p in [psutil.Process(svc.proc.pid), *children]}
+        assert all(n > 0 for n in held.values()) and sum(held.values()) == 16, held
+        assert all(s.post(f"{svc.url}/autotable/predict", json=body, timeout=60).ok for s in sessions)
+
+        children[0].kill()
+        for s in sessions:  # the parent's connections go on; the child's were cut: a client reconnects
+            with contextlib.suppress(requests.ConnectionError):
+                s.post(f"{svc.url}/autotable/predict", json=body, timeout=60)
+        deadline = time.monotonic() + 60
+        while not (restarted := [p for p in _proxy_children(svc) if p.pid != children[0].pid]):
+            assert time.monotonic() < deadline, svc.output()[-3000:]
+            time.sleep(0.2)
+        assert "restarting it" in svc.output()
+        fresh = [requests.post(f"{svc.url}/autotable/predict", json=body, timeout=60).status_code for _ in range(16)]
+        assert fresh == [200] * 16, fresh
+        family = svc.snapshot()
+        assert svc.stop() == 0, svc.output()[-3000:]
+    finally:
+        if svc.proc.poll() is None:
+            svc.kill()
+    assert not _gone(family) and not any(alive(p) for p in restarted)
+
+
+def _proxy_children(svc) -> list[psutil.Process]:
+    return [p for p in svc.snapshot() if "spawn_main" in " ".join(p.cmdline()) and alive(p)]
+
+
+def _established(proc: psutil.Process, port: int) -> int:
+    return sum(c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port for c in proc.net_connections("tcp"))
 
 
 def _first_answer(svc, path: str, **kw) -> requests.Response:

@@ -231,6 +231,15 @@ def test_the_serving_plan(monkeypatch, cpus, gpus, env, workers, threads):
     assert (plan.workers, plan.threads) == (workers, threads)
 
 
+@pytest.mark.parametrize(("cpus", "env", "proxies"), [(2, "", 1), (8, "", 1), (16, "", 2), (64, "", 4), (2, "3", 3)])
+def test_the_proxy_process_count(monkeypatch, cpus, env, proxies):
+    """One proxy process per 8 cores (it costs ~0.5 ms of CPU per request), at most 4; the setting overrides."""
+    from serving.proxies import proxy_count
+
+    monkeypatch.setenv("SIMSIAM_PROXY_PROCESSES", env)
+    assert proxy_count(cpus) == proxies
+
+
 def test_the_fast_paths_accept_what_the_lenient_ones_do():
     """pybase64 takes the common case; what it refuses goes through the lenient path, so the results and the
     error messages are the ones the bad-request corpus was written for. JSON stays the standard library's."""
