@@ -1,16 +1,9 @@
-"""Refine: fine-tune the pretrained encoder and a new linear head on `valid`'s labels (LP-FT).
-
-The recipe follows the field's fine-tuning protocols for small label sets:
-- LP-FT (Kumar et al., ICLR 2022): the head starts from the linear probe fitted on the frozen features, then
-  encoder and head are trained together, so the first steps do not wreck the pretrained features with the
-  gradients of a random head.
-- SimCLR's semi-supervised recipe (Chen et al., 2020, Appendix B.5) and lightly's `FinetuneClassifier`: random
-  resized crop + horizontal flip only, SGD with (Nesterov) momentum 0.9, lr = base x batch / 256, cosine decay,
-  no warm-up, no weight decay; BatchNorm in train mode. Backbone and head have their own base lr.
+"""Refine: the held-out protocol around the fine-tuning loop (training/finetune.py), on `valid`'s labels.
 
 The accuracy is honest: `refine()` first runs the recipe on a stratified part of `valid` and scores the rest,
 which it never trained on and never used to choose anything (no early stopping, fixed epochs); then it runs the
-same recipe, for the same number of epochs, on all of `valid` and returns that model for export.
+same recipe, for the same number of epochs, on all of `valid` and returns that model for export. With refine
+"auto" the recipe itself is first chosen on an inner split of that part (training/refine_choice.py).
 """
 
 from __future__ import annotations
@@ -19,48 +12,27 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import update_bn
-from torch.utils.data import DataLoader
 
 from dataset.cache import ImageCache
-from dataset.reader import EvalImages, Skipped, collate_eval
+from dataset.reader import Skipped
 from evaluation.features import run_frozen
 from evaluation.probe import fit_head
 from export.torchscript import Classifier
 from handler.eval_preset import EvalPreset
-from jobs import stop
-from jobs.device import autocast
 from training.distill import distill_images, teacher_targets
-from training.model import cosine_lr
+from training.finetune import RefineRecipe, finetune, lp_head, predict, stratified_holdout
+from training.refine_choice import Choice, choose_recipe
 from training.refine_images import RefineImages
 
+__all__ = ["RefineRecipe", "RefineResult", "finetune", "predict", "refine", "stratified_holdout"]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RefineRecipe:
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 0.2  # backbone base lr; used lr = lr x batch / 256 (0.2 beat 0.01-0.5: docs/benchmarks.md)
-    head_lr: float = 0.2  # head base lr
-    head_c: float = 1.0  # inverse L2 strength of the probe head LP-FT starts from
-    warmup: float = 0.0  # share of the schedule with a linear lr warm-up (MAE's fine-tuning; SimCLR's has none)
-    layer_decay: float = 1.0  # layer-wise lr decay (BEiT/MAE): stage k of 5 below the head gets lr x decay^k
-    momentum: float = 0.9
-    min_scale: float = 0.2  # RandomResizedCrop lower bound
-    distill_epochs: int = 0  # self-distillation epochs over the unlabelled images after fine-tuning (0 = none)
-    distill_temperature: float = 1.0  # of the teacher's soft targets (SimCLRv2: 1)
-    time_budget_s: float = 0.0  # the whole stage (held-out run + final run); 0 = epochs only
-    holdout: float = 0.2  # share of each class held out for the accuracy
-    precision: str = "32-true"  # "bf16-mixed" / "16-mixed": autocast, as in pretraining
-    num_workers: int = 2
-    seed: int = 0
 
 
 @dataclass
@@ -75,158 +47,7 @@ class RefineResult:
     distill_epochs: int = 0
     teacher_acc: float | None = None  # held-out accuracy after fine-tuning, before distillation
     curve: list[dict] = field(default_factory=list)  # per epoch: run, epoch, loss, train_acc (+ held_out_acc)
-
-
-def _as_built(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    return batch  # __getitems__ already built the batch
-
-
-def stratified_holdout(labels: list[int], share: float, seed: int) -> tuple[list[int], list[int]]:
-    """(fit, held_out) indices: `share` of each class held out, at least 1 where a class has 2 or more images,
-    none where it has 1 (every class stays in the fit part, so the refined head knows it)."""
-    rng = np.random.default_rng(seed)
-    y = np.asarray(labels)
-    fit, held = [], []
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        n_held = 0 if len(idx) < 2 else min(len(idx) - 1, max(1, round(share * len(idx))))
-        held += idx[:n_held].tolist()
-        fit += idx[n_held:].tolist()
-    return sorted(fit), sorted(held)
-
-
-def _stages(encoder: nn.Module) -> dict[int, list[nn.Parameter]]:
-    """The encoder's parameters by depth: 1-4 for a ResNet's layer1-layer4, 0 for the stem and anything else."""
-    stages: dict[int, list[nn.Parameter]] = {}
-    for name, param in encoder.named_parameters():
-        top = name.split(".")[0]
-        depth = int(top[5:]) if top.startswith("layer") and top[5:].isdigit() else 0
-        stages.setdefault(depth, []).append(param)
-    return stages
-
-
-def _schedule(progress: float, warmup: float) -> float:
-    """lr factor at `progress` in [0, 1]: linear warm-up over the first `warmup`, then pretraining's cosine decay."""
-    if progress < warmup or warmup >= 1:
-        return min(1.0, progress / warmup)
-    return cosine_lr(1.0, (progress - warmup) / (1 - warmup))
-
-
-def finetune(
-    encoder: nn.Module,
-    head: nn.Linear,
-    data: RefineImages,
-    recipe: RefineRecipe,
-    device: torch.device,
-    epochs: int,
-    time_budget_s: float = 0.0,
-    on_epoch: Callable[[int, float, float, float], None] | None = None,
-) -> int:
-    """Train encoder + head in place on `data` for `epochs` (or until `time_budget_s`, if > 0, whichever ends
-    first; the cosine schedule follows whichever ends first). Returns the epochs completed.
-    on_epoch(epoch, mean loss, train accuracy, progress in [0, 1]) after each epoch."""
-    batch = max(2, min(recipe.batch_size, len(data)))  # BatchNorm needs 2 samples per batch
-    loader = DataLoader(
-        data,
-        batch_size=batch,
-        shuffle=True,
-        drop_last=True,
-        num_workers=recipe.num_workers,
-        persistent_workers=recipe.num_workers > 0,
-        collate_fn=_as_built,
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(recipe.seed),
-    )
-    model = Classifier(encoder, head).to(device, memory_format=torch.channels_last)
-    scale = batch / 256
-    groups = [{"params": head.parameters(), "peak": recipe.head_lr * scale}]
-    for depth, params in _stages(encoder).items():
-        groups.append({"params": params, "peak": recipe.lr * scale * recipe.layer_decay ** (5 - depth)})
-    optimizer = torch.optim.SGD(
-        [{**g, "lr": g["peak"]} for g in groups],
-        momentum=recipe.momentum,
-        nesterov=True,
-        weight_decay=0.0,
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=recipe.precision == "16-mixed")
-    criterion = nn.CrossEntropyLoss()
-    total_steps = max(1, epochs * len(loader))
-    start, step, done = time.monotonic(), 0, 0
-    for epoch in range(epochs):
-        model.train()  # each epoch: on_epoch may have scored the model in eval mode
-        loss_sum, correct, seen = 0.0, 0, 0
-        for x, y in loader:
-            stop.check()  # a stop signal that was swallowed somewhere (jobs/stop.py) ends the stage here
-            progress = step / total_steps
-            if time_budget_s > 0:
-                progress = max(progress, (time.monotonic() - start) / time_budget_s)
-            for group in optimizer.param_groups:
-                group["lr"] = group["peak"] * _schedule(min(1.0, progress), recipe.warmup)
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            y = y.to(device, non_blocking=True)
-            with autocast(recipe.precision, device):
-                logits = model(x)
-                loss = criterion(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum())
-            seen += len(y)
-        done = epoch + 1
-        progress = done / epochs
-        if time_budget_s > 0:
-            progress = max(progress, (time.monotonic() - start) / time_budget_s)
-        if on_epoch is not None:
-            on_epoch(done, loss_sum / max(1, seen), correct / max(1, seen), min(1.0, progress))
-        if progress >= 1:
-            break
-    model.eval()
-    return done
-
-
-def predict(encoder: nn.Module, head: nn.Linear, paths: list[Path], preset: EvalPreset, device: torch.device) -> list:
-    """Top-1 class per path with the eval preset (what client_test.py and the server do)."""
-    logits, kept, _ = run_frozen(Classifier(encoder, head), paths, preset, device)
-    pred = [-1] * len(paths)
-    for i, k in zip(kept, logits.argmax(1).tolist() if len(kept) else []):
-        pred[i] = k
-    return pred
-
-
-def recalibrate_batchnorm(
-    encoder: nn.Module, paths: list[Path], preset: EvalPreset, device: torch.device, batch_size: int = 64
-) -> None:
-    """Re-estimate every BatchNorm's running statistics on `paths` (eval preset, no labels, no gradient).
-
-    Fine-tuning runs BatchNorm in train mode (batch statistics), while the linear probe that starts the head is
-    fitted on eval-mode features (running statistics). Where the two differ -- always for a random encoder, whose
-    running statistics are still (0, 1) -- the probe's head meets features of another scale and the first steps
-    blow up (cross-entropy in the thousands). With the running statistics taken from these very images (precise
-    BN, Wu & Johnson 2021; AdaBN, Li et al. 2016) both modes see the same features.
-    """
-    loader = DataLoader(EvalImages(paths, preset), batch_size=batch_size, collate_fn=collate_eval)
-    # torch's own precise BN (torch.optim.swa_utils.update_bn): running statistics reset, a cumulative average over
-    # every batch in train mode without gradients, momentum and mode restored. A batch of 1 would be refused.
-    batches = (x.contiguous(memory_format=torch.channels_last) for x, _, _ in loader if x is not None and len(x) > 1)
-    update_bn(batches, encoder, device)
-
-
-def _lp_head(
-    encoder: nn.Module,
-    paths: list[Path],
-    labels: list[int],
-    n_classes: int,
-    preset: EvalPreset,
-    device: torch.device,
-    c: float,
-) -> nn.Linear:
-    """LP-FT's first step: BatchNorm statistics and the linear probe from the images the run trains on."""
-    recalibrate_batchnorm(encoder, paths, preset, device)
-    features, kept, _ = run_frozen(encoder, paths, preset, device)
-    return fit_head(features, [labels[i] for i in kept], n_classes, c)
+    choice: dict | None = None  # refine "auto": the candidates' inner accuracies and the one chosen
 
 
 @dataclass
@@ -315,11 +136,25 @@ def refine(
         paths = [paths[i] for i in images.kept]
         labels = [labels[i] for i in images.kept]
     fit, held = stratified_holdout(labels, recipe.holdout, recipe.seed)
+    choice = None
+    if recipe.choose:
+        t_choice = time.monotonic()
+        # The choice's fine-tuning runs get their share of the budget by the images they train on (2 runs on
+        # the inner fit part, beside the held-out and final runs).
+        inner = 2 * len(fit) * (1 - recipe.holdout)
+        budget = recipe.time_budget_s * inner / (inner + len(fit) + len(labels)) if recipe.time_budget_s > 0 else 0
+        choice = choose_recipe(encoder, paths, labels, fit, n_classes, preset, images, recipe, device, budget)
+        if choice.recipe == "probe":
+            return _probe(encoder, paths, labels, fit, held, n_classes, preset, device, recipe, choice, t0)
+        spent = time.monotonic() - t_choice
+        t0 += spent  # the held-out run's set-up, below, is measured without the choice
+        left = max(recipe.time_budget_s - spent, 1e-3) if recipe.time_budget_s > 0 else 0.0
+        recipe = replace(recipe, lr=choice.lr, time_budget_s=left)
     n_unlabelled = len(unlabelled) if unlabelled is not None and recipe.distill_epochs > 0 else 0
     curve: list[dict] = []
 
     enc = copy.deepcopy(encoder)
-    head = _lp_head(enc, [paths[i] for i in fit], [labels[i] for i in fit], n_classes, preset, device, recipe.head_c)
+    head = lp_head(enc, [paths[i] for i in fit], [labels[i] for i in fit], n_classes, preset, device, recipe.head_c)
     finetune_s, distill_s = held_out_budget(
         recipe.time_budget_s,
         time.monotonic() - t0,
@@ -345,13 +180,41 @@ def refine(
     def final_epoch(phase: str, first: int) -> Callable[[int, float, float, float], None]:
         return lambda epoch, loss, train_acc, _: curve.append(_row("final", phase, first + epoch, loss, train_acc))
 
-    head = _lp_head(encoder, paths, labels, n_classes, preset, device, recipe.head_c)
+    head = lp_head(encoder, paths, labels, n_classes, preset, device, recipe.head_c)
     finetune(encoder, head, images, recipe, device, epochs, 0.0, final_epoch("finetune", 0))
     if distilled and unlabelled is not None:
         on_epoch = final_epoch("distill", epochs)
         distil(encoder, head, unlabelled, images, preset, recipe, device, distilled, 0.0, on_epoch)
-    fit_time_s = time.monotonic() - t0
-    return RefineResult(encoder, head, acc, held, predictions, epochs, fit_time_s, distilled, teacher_acc, curve)
+    fit_time_s = time.monotonic() - t0 + (choice.seconds if choice else 0.0)
+    return RefineResult(
+        encoder, head, acc, held, predictions, epochs, fit_time_s, distilled, teacher_acc, curve,
+        choice.record() if choice else None,
+    )  # fmt: skip
+
+
+def _probe(
+    encoder: nn.Module,
+    paths: list[Path],
+    labels: list[int],
+    fit: list[int],
+    held: list[int],
+    n_classes: int,
+    preset: EvalPreset,
+    device: torch.device,
+    recipe: RefineRecipe,
+    choice: Choice,
+    t0: float,
+) -> RefineResult:
+    """The frozen encoder with a linear probe head, in the same held-out protocol: a head fitted on the fit part
+    scores the held-out part; the exported head is fitted on all of valid."""
+    features, kept, _ = run_frozen(encoder, paths, preset, device)
+    index = {i: k for k, i in enumerate(kept)}
+    fit_kept = [i for i in fit if i in index]
+    head = fit_head(features[[index[i] for i in fit_kept]], [labels[i] for i in fit_kept], n_classes, recipe.head_c)
+    predictions = predict(encoder, head, [paths[i] for i in held], preset, device)
+    acc = float((np.asarray(predictions) == np.asarray([labels[i] for i in held])).mean())
+    head = fit_head(features, [labels[i] for i in kept], n_classes, recipe.head_c)
+    return RefineResult(encoder.eval(), head, acc, held, predictions, 0, time.monotonic() - t0, choice=choice.record())
 
 
 def distil(

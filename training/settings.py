@@ -18,7 +18,7 @@ BACKBONES = ("resnet18", "resnet34", "resnet50")
 STEMS = ("auto", "cifar", "imagenet")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
-REFINES = ("finetune", "probe")
+REFINES = ("finetune", "probe", "auto")
 AUGMENT_PLACES = ("auto", "device", "workers")
 
 log = logging.getLogger(__name__)
@@ -189,6 +189,11 @@ def build_settings(overrides: dict[str, Any]) -> Settings:
         raise SettingsError(
             f"advance_settings distill_epochs={settings.distill_epochs} needs refine 'finetune' (distillation trains "
             f"the encoder; refine 'probe' keeps it frozen): drop one of the two. {VALID_KEY_NAMES}"
+        )
+    if settings.refine == "auto" and settings.distill_epochs:
+        raise SettingsError(
+            f"advance_settings distill_epochs={settings.distill_epochs} needs refine 'finetune' (refine 'auto' may "
+            f"choose the frozen encoder, which distillation cannot train): drop one of the two. {VALID_KEY_NAMES}"
         )
     if settings.train_shards and settings.distill_epochs:
         raise SettingsError(

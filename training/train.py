@@ -428,6 +428,7 @@ def downstream(
         precision=job.precision,
         num_workers=min(2, s.num_workers),
         seed=s.seed,
+        choose=s.refine == "auto",
     )
     paths = [valid.paths[i] for i in kept]
     # The probe above keeps the pretrained encoder's features; refine changes a copy (BatchNorm statistics too).
@@ -435,7 +436,8 @@ def downstream(
     n = len(valid.classes)
     r = refine(encoder_copy, paths, labels, n, preset, recipe, job.device, s.cache_mb, skipped, unlabelled)
     log.info(
-        "valid: refined (LP-FT, %d epochs%s): held-out acc %.4f on %d images (linear probe %.4f), %.1f s",
+        "valid: refined (%s, %d epochs%s): held-out acc %.4f on %d images (linear probe %.4f), %.1f s",
+        r.choice["chosen"] if r.choice else "LP-FT",
         r.epochs,
         "" if r.teacher_acc is None else f", then distilled {r.distill_epochs} epochs from {r.teacher_acc:.4f}",
         r.acc,
@@ -500,6 +502,8 @@ def record(
         if result.refined.teacher_acc is not None:  # what distillation added, on the same held-out images
             metrics["finetune_acc"] = round4(result.refined.teacher_acc)
         metrics["refine_curve"] = result.refined.curve
+        if result.refined.choice is not None:
+            metrics["refine_choice"] = result.refined.choice
     atomic_write_json(
         run_dir.path / "model_info.json",
         {

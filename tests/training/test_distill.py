@@ -16,7 +16,8 @@ from export.torchscript import Classifier
 from handler.eval_preset import EvalPreset
 from training.backbone import build_backbone
 from training.distill import distill_images, teacher_targets
-from training.refine import RefineImages, RefineRecipe, finetune, predict, refine
+from training.refine import RefineRecipe, finetune, predict, refine
+from training.refine_images import RefineImages
 
 PRESET = EvalPreset(input_size=32)
 CPU = torch.device("cpu")

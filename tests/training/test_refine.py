@@ -12,8 +12,9 @@ from PIL import Image
 from dataset.reader import Skipped
 from handler.eval_preset import EvalPreset
 from training.backbone import build_backbone
+from training.finetune import _schedule, _stages
 from training.model import SimSiam
-from training.refine import RefineRecipe, _schedule, _stages, held_out_budget, predict, refine, stratified_holdout
+from training.refine import RefineRecipe, held_out_budget, predict, refine, stratified_holdout
 
 
 def _noise_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -129,3 +130,54 @@ def test_bad_refine_settings_fail_before_anything_is_written(tiny_dataset, tmp_p
     proc = run_train(tiny_dataset, tmp_path, settings={key: value})
     assert proc.returncode == 2 and key in proc.stderr and "Valid keys" in proc.stderr
     assert not (tmp_path / "metric").exists()
+
+
+def _colour_images(folder: Path, n: int, n_classes: int) -> tuple[list[Path], list[int]]:
+    """Flat images whose colour is their class: an easy task for any encoder."""
+    rng = np.random.default_rng(2)
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = [(220, 40, 40), (40, 220, 40), (40, 40, 220), (220, 220, 40)][:n_classes]
+    paths, labels = [], []
+    for i in range(n):
+        c = i % n_classes
+        pixels = np.clip(np.array(colours[c]) + rng.integers(-20, 20, (40, 40, 3)), 0, 255).astype(np.uint8)
+        paths.append(folder / f"{i:03d}.png")
+        Image.fromarray(pixels).save(paths[-1])
+        labels.append(c)
+    return paths, labels
+
+
+def test_refine_auto_chooses_on_an_inner_split_and_runs_the_winner(tmp_path):
+    """refine "auto": the probe and two fine-tuning learning rates are scored on an inner split of the fit part;
+    the winner (the first of equals) then runs the held-out protocol, scored on images no candidate has seen."""
+    paths, labels = _colour_images(tmp_path / "valid", 60, 3)
+    torch.manual_seed(0)
+    encoder = build_backbone("resnet18", small_stem=True)[0]
+    recipe = RefineRecipe(epochs=2, batch_size=8, lr=0.05, head_lr=0.05, num_workers=0, choose=True)
+    r = refine(encoder, paths, labels, 3, EvalPreset(input_size=32), recipe, torch.device("cpu"), 64, Skipped())
+    choice = r.choice
+    assert list(choice["inner_acc"]) == ["probe", "finetune lr=0.05", "finetune lr=0.005"]
+    scores = list(choice["inner_acc"].values())
+    assert choice["chosen"] == list(choice["inner_acc"])[scores.index(max(scores))]
+    assert choice["inner_fit_images"] + choice["inner_held_out_images"] == 48 and len(r.held_out) == 12
+    assert r.epochs == (0 if choice["chosen"] == "probe" else 2)
+
+
+def test_refine_auto_serving_the_probe_keeps_the_encoder_and_scores_the_held_out_part(tmp_path, monkeypatch):
+    """When the frozen features win, the exported model is the unchanged encoder with a probe head on all of
+    valid, and metric_value is that recipe's accuracy on the held-out part."""
+    import training.refine as refine_module
+    from training.refine_choice import Choice
+
+    paths, labels = _colour_images(tmp_path / "valid", 60, 3)
+    encoder = build_backbone("resnet18", small_stem=True)[0].eval()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    probe_wins = Choice("probe", 0.05, {"probe": 1.0, "finetune lr=0.05": 0.5}, (38, 10), 0.1)
+    monkeypatch.setattr(refine_module, "choose_recipe", lambda *a, **k: probe_wins)
+    recipe = RefineRecipe(epochs=2, batch_size=8, num_workers=0, choose=True)
+    preset, device = EvalPreset(input_size=32), torch.device("cpu")
+    r = refine(encoder, paths, labels, 3, preset, recipe, device, 64, Skipped())
+    assert r.epochs == 0 and r.choice["chosen"] == "probe" and r.head.out_features == 3
+    assert all(torch.equal(v, r.encoder.state_dict()[k]) for k, v in before.items())  # BatchNorm stats too
+    truth = np.asarray([labels[i] for i in r.held_out])
+    assert r.acc == pytest.approx(float((np.asarray(r.predictions) == truth).mean())) and len(r.predictions) == 12

@@ -49,6 +49,9 @@ def test_unknown_key_lists_the_valid_keys():
         ({"augment_on": "gpu"}, "one of auto, device, workers"),
         ({"distill_epochs": -1}, "distill_epochs=-1"),
         ({"distill_epochs": 2, "refine": "probe"}, "needs refine 'finetune'"),
+        ({"distill_epochs": 2, "refine": "auto"}, "needs refine 'finetune'"),
+        ({"distill_epochs": 2, "train_shards": "/data/shards"}, "needs the train images in a folder"),
+        ({"checkpoint_interval_s": -5}, "checkpoint_interval_s=-5"),
     ],
 )
 def test_bad_values_name_key_value_and_fix(settings, fragment):
