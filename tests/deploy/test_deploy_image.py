@@ -75,7 +75,11 @@ def test_dockerfile_copies_existing_files_and_runs_the_service() -> None:
     assert int(user.split(":")[0]) == deployment_pod()["securityContext"]["runAsUser"]
     cmd = json.loads(instruction("CMD")[0])
     (container,) = deployment_pod()["containers"]
-    dep_args = container["args"]
+    # The Deployment's model comes from kustomization.yaml's simsiam-model literals, through env references.
+    kustomization = yaml.safe_load((REPO / "deploy" / "k8s" / "base" / "kustomization.yaml").read_text())
+    literals = dict(item.split("=", 1) for item in kustomization["configMapGenerator"][0]["literals"])
+    env = {e["name"]: literals[e["valueFrom"]["configMapKeyRef"]["key"]] for e in container["env"] if "valueFrom" in e}
+    dep_args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in container["args"]]
     for flag in ("--model_path", "--used_model"):
         assert arg(cmd, flag) == arg(dep_args, flag), f"image and Deployment disagree on {flag}"
 

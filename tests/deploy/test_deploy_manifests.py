@@ -105,7 +105,8 @@ def test_kustomizations_name_existing_files_and_every_base_manifest() -> None:
 
 
 def json_patch(doc: dict, ops: list[dict]) -> dict:
-    """RFC 6902 add/replace, as kustomize applies them; replacing a path that does not exist fails, as there."""
+    """RFC 6902 add/replace/test, as kustomize applies them; replacing a path that does not exist, or a test that
+    does not hold, fails, as there."""
     doc = copy.deepcopy(doc)
     for op in ops:
         *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].lstrip("/").split("/")]
@@ -113,7 +114,10 @@ def json_patch(doc: dict, ops: list[dict]) -> dict:
         for p in parents:
             node = node[int(p)] if isinstance(node, list) else node[p]
         key = int(last) if isinstance(node, list) else last
-        assert op["op"] in ("add", "replace"), f"unsupported patch op {op['op']}"
+        assert op["op"] in ("add", "replace", "test"), f"unsupported patch op {op['op']}"
+        if op["op"] == "test":
+            assert node[key] == op["value"], f"patch test {op['path']}: {node[key]!r}, not {op['value']!r}"
+            continue
         if op["op"] == "replace":
             assert isinstance(node, list) or key in node, f"replace of a missing path {op['path']}"
         node[key] = op["value"]
@@ -144,7 +148,7 @@ def test_probes_ask_health_on_the_api_port_of_image_and_service() -> None:
         assert port_number(c, get["port"]) == api_port, f"{probe} asks port {get['port']}"
     # The startup window outlasts client_infer.py's own start timeout, so it reports TorchServe's log first.
     startup = c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"]
-    start_timeout = {e["name"]: e["value"] for e in c["env"]}["SIMSIAM_TS_START_TIMEOUT"]
+    start_timeout = {e["name"]: e.get("value") for e in c["env"]}["SIMSIAM_TS_START_TIMEOUT"]
     assert startup > float(start_timeout)
     service = one(K8S / "base" / "service.yaml", "Service")
     assert service["spec"]["selector"].items() <= deployment()["spec"]["template"]["metadata"]["labels"].items()
@@ -327,3 +331,23 @@ def test_inference_services_serve_the_configured_model() -> None:
         assert proxy["ports"][0]["containerPort"] == api_port
         assert proxy["readinessProbe"]["httpGet"] == {"path": "/health", "port": api_port}
         assert (REPO / proxy["command"][-1]).is_file()
+
+
+def test_the_kustomization_parameters_reach_the_pod() -> None:
+    """The image, the model and the namespace are set in kustomization.yaml only: the Deployment reads the model
+    from the generated ConfigMap (names it, and its keys), the image is the one `images` rewrites, and the
+    Namespace resource is the kustomization's namespace."""
+    kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    (namespace,) = docs(K8S / "base" / "namespace.yaml")
+    assert namespace["kind"] == "Namespace" and namespace["metadata"]["name"] == kustomization["namespace"]
+    (generated,) = kustomization["configMapGenerator"]
+    literals = dict(item.split("=", 1) for item in generated["literals"])
+    assert set(literals) == {"model_id", "used_model"}
+    (deployment,) = docs(K8S / "base" / "deployment.yaml")
+    c = container(deployment)
+    assert c["image"].split(":")[0] == kustomization["images"][0]["name"]
+    env = {e["name"]: e["valueFrom"]["configMapKeyRef"] for e in c["env"] if "valueFrom" in e}
+    refs = {ref["key"]: name for name, ref in env.items() if ref["name"] == generated["name"]}
+    assert set(refs) == set(literals)
+    assert arg(c["args"], "--model_path") == f"/models/$({refs['model_id']})"
+    assert arg(c["args"], "--used_model") == f"$({refs['used_model']})"
