@@ -137,7 +137,11 @@ def main(args: argparse.Namespace) -> int:
     from serving.torchserve_process import TorchServeError, TorchServeProcess
 
     plan = serving_plan(gpus=0 if gpu_index is None else 1)
-    proxies = proxy_count()
+    try:
+        proxies = proxy_count()
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
     ts = TorchServeProcess(
         model_dir,
         args.used_model,

@@ -171,7 +171,7 @@ def p50_sequential(send: Callable[[], object], n: int) -> float:
 
 def proxy_cpu_s(proc: subprocess.Popen) -> float:
     """CPU seconds of the proxy: client_infer.py and its proxy children (SIMSIAM_PROXY_PROCESSES > 1)."""
-    me = partial(proxy_cpu_s, proc)
+    me = psutil.Process(proc.pid)
     family = [me, *(p for p in me.children() if "spawn_main" in " ".join(p.cmdline()))]
     total = 0.0
     for p in family:

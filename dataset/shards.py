@@ -110,15 +110,35 @@ def upload(local: Path, url: str) -> None:
 
 
 def read_index(url: str) -> dict:
-    """LitData's index.json of a shard location (local or s3://)."""
+    """LitData's index.json of a shard location (local or s3://); DatasetError naming the fix if it is not there."""
+    index = _read_json(url, "index.json")
+    if index is None:
+        raise DatasetError(f"train_shards {url} has no index.json: make shards with python -m dataset.shards")
+    return index
+
+
+def read_manifest(url: str) -> dict:
+    """What `dataset.shards` wrote beside the index ({} for shards LitData made directly)."""
+    return _read_json(url, MANIFEST) or {}
+
+
+def _read_json(url: str, name: str) -> dict | None:
+    """The JSON file `name` of a shard location; None where it does not exist."""
+    url = url.rstrip("/")
     if not url.startswith("s3://"):
-        path = Path(url) / "index.json"
-        if not path.is_file():
-            raise DatasetError(f"train_shards {url} has no index.json: make shards with python -m dataset.shards")
-        return json.loads(path.read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        _s3().download_file(*_bucket_key(f"{url.rstrip('/')}/index.json"), f"{tmp}/index.json")
-        return json.loads(Path(tmp, "index.json").read_text())
+        path = Path(url) / name
+        return json.loads(path.read_text()) if path.is_file() else None
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = _bucket_key(f"{url}/{name}")
+    try:
+        return json.loads(_s3().get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise DatasetError(f"{url}/{name}: {e}; check the URL, the AWS credentials and AWS_ENDPOINT_URL") from e
+    except BotoCoreError as e:  # no credentials, an endpoint that does not answer
+        raise DatasetError(f"{url}/{name}: {e}; check the AWS credentials and AWS_ENDPOINT_URL") from e
 
 
 def _bucket_key(url: str) -> tuple[str, str]:

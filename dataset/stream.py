@@ -30,7 +30,7 @@ from litdata.utilities.env import _DistributedEnv
 
 from dataset.cache import downscale, to_uint8_tensor
 from dataset.reader import Skipped
-from dataset.shards import MANIFEST, read_index, storage_options
+from dataset.shards import read_index, read_manifest, storage_options
 from dataset.shared_cache import UNREADABLE, SharedPixels
 from handler.eval_preset import ImageDecodeError, decode_image
 
@@ -124,20 +124,6 @@ def plain_http_s3(url: str) -> None:
     if url.startswith("s3://") and storage_options().get("endpoint_url", "").startswith("http://"):
         register_downloader("s3://", Boto3S3Downloader, overwrite=True)
         os.environ["LITDATA_ASYNC_CHUNK_PREFETCH"] = "0"  # its asynchronous prefetch is obstore's too
-
-
-def read_manifest(url: str) -> dict:
-    if url.startswith("s3://"):
-        import boto3
-
-        bucket, _, key = f"{url}/{MANIFEST}".removeprefix("s3://").partition("/")
-        try:
-            body = boto3.client("s3", **storage_options()).get_object(Bucket=bucket, Key=key)["Body"].read()
-        except Exception:  # shards made by LitData directly have no manifest: nothing was left out by this product
-            return {}
-        return json.loads(body)
-    path = os.path.join(url, MANIFEST)
-    return json.loads(open(path).read()) if os.path.isfile(path) else {}
 
 
 class StreamLoader(StreamingDataLoader):

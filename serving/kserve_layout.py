@@ -44,7 +44,7 @@ def build_layout(model_path: str | Path, used_model: str, out: Path, api: str = 
     mar = folder / f"{used_model}.mar"
     if not mar.is_file():
         raise ModelFolderError(f"--model_path {folder} holds no {used_model}.mar; train again to rebuild it")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"--out {out} is not empty; choose a new folder")
     lines = []
     for line in TEMPLATE.read_text().splitlines():

@@ -32,8 +32,10 @@ _SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of
 
 def proxy_count(cpus: int | None = None) -> int:
     """SIMSIAM_PROXY_PROCESSES, else one per 8 cores up to 4 (1 on a machine with fewer than 16 cores)."""
-    if os.environ.get(PROXIES_ENV):
-        return max(1, int(os.environ[PROXIES_ENV]))
+    if value := os.environ.get(PROXIES_ENV):
+        if not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"{PROXIES_ENV}={value!r}: set a whole number of proxy processes, 1 or more")
+        return int(value)
     cpus = cpus or len(os.sched_getaffinity(0))
     return max(1, min(MAX_PROXIES, cpus // CORES_PER_PROXY))
 

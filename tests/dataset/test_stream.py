@@ -16,7 +16,7 @@ import torch
 from conftest import TINY_SETTINGS, run_train
 from litdata import StreamingDataset
 
-from dataset.reader import list_images
+from dataset.reader import DatasetError, list_images
 from dataset.shards import MANIFEST
 from dataset.shards import main as shards_main
 from dataset.stream import StreamLoader
@@ -180,3 +180,8 @@ def test_shards_in_s3_over_http(sharded, s3, tmp_path):
     info = json.loads((Path(trial["model_path"]) / "model_info.json").read_text())
     assert info["pretraining"]["train_source"] == url and info["pretraining"]["train_images"] == 17
     assert str(sharded["bad"]) in [s["path"] for s in info["skipped"]]  # the manifest, read from S3
+    # A location without shards is named, with the fix, before any training; no model folder is left.
+    for wrong, words in [(f"{s3}/nothing-here", "make shards"), ("s3://no-such-bucket/x", "check the URL")]:
+        with pytest.raises(DatasetError, match=words):
+            run(_job(sharded["labelled"], tmp_path / "runs2", train_shards=wrong))
+    assert not list((tmp_path / "runs2").glob("models/*")) and not (tmp_path / "runs2" / "metric").exists()

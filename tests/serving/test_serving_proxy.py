@@ -240,6 +240,15 @@ def test_the_proxy_process_count(monkeypatch, cpus, env, proxies):
     assert proxy_count(cpus) == proxies
 
 
+@pytest.mark.parametrize("value", ["two", "0", "-1", "1.5"])
+def test_a_bad_proxy_process_count_names_the_setting(monkeypatch, value):
+    from serving.proxies import proxy_count
+
+    monkeypatch.setenv("SIMSIAM_PROXY_PROCESSES", value)
+    with pytest.raises(ValueError, match="SIMSIAM_PROXY_PROCESSES"):
+        proxy_count(2)
+
+
 def test_the_fast_paths_accept_what_the_lenient_ones_do():
     """pybase64 takes the common case; what it refuses goes through the lenient path, so the results and the
     error messages are the ones the bad-request corpus was written for. JSON stays the standard library's."""
