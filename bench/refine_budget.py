@@ -5,6 +5,7 @@
     .venv/bin/python -m bench.refine_budget --dataset demo --budget_s 150 --seeds 0 --device cuda   # on a GPU
     .venv/bin/python -m bench.refine_budget --dataset demo --budget_s 720 --valid_per_class 20 --seeds 2 \
         --extra_train_per_class 1500 --no_scratch    # 4x the unlabelled images, the same valid and test
+    .venv/bin/python -m bench.refine_budget --dataset demo --budget_s 180 --chain 3   # jobs repeated on one dataset
 
 For each seed, scored on the `test` split (never used by any of them):
 (a) product: client_train.py as a user runs it (a subprocess): SimSiam pretraining for `pretrain_share` of the
@@ -16,7 +17,11 @@ For each seed, scored on the `test` split (never used by any of them):
 (c) SimSiam + linear probe (the product before the refine stage): (a)'s pretrained encoder, frozen, with the
     probe head fitted on all of `valid`. It gets (a)'s pretraining time, not the whole budget: the probe has
     flattened by then on both datasets (docs/benchmarks.md, "What limits the demo").
-The table prints each seed, then mean and spread (max - min), and the differences the issue's targets name.
+The table prints each seed, then mean and spread (max - min), and the differences the targets name.
+
+--chain N repeats the job N times per seed, as a user who runs a batch job again and again: (a)'s job k starts
+from job k-1's model folder (`init`: its SimSiam checkpoint), and (b') -- the labels-only user's chain -- starts
+job k's supervised training from job k-1's refined encoder. Job 1 is (a) and (b) from random init.
 """
 
 from __future__ import annotations
@@ -100,19 +105,22 @@ def probe_of(model: Path, dataset: Path, preset: EvalPreset) -> float:
     return test_accuracy(backbone, head, dataset, valid.classes, preset)
 
 
-def from_scratch(dataset: Path, settings: dict, seed: int, device: str = "cpu") -> tuple[float, float, int]:
-    """(b): random init through the product's downstream phase on `device` (the one (a) trained on, with (a)'s
-    precision in `settings`: seconds on a GPU and on a CPU buy different amounts of training); returns
-    (held-out acc, test acc, epochs)."""
+def from_scratch(
+    dataset: Path, settings: dict, seed: int, device: str = "cpu", start: torch.nn.Module | None = None
+) -> tuple[float, float, int, torch.nn.Module]:
+    """(b): random init (or (b'): the encoder `start`) through the product's downstream phase on `device` (the one
+    (a) trained on, with (a)'s precision in `settings`: seconds on a GPU and on a CPU buy different amounts of
+    training); returns (held-out acc, test acc, epochs, the refined encoder)."""
     s = build_settings(settings)
     torch.manual_seed(seed)
-    backbone = build_backbone(s.backbone, s.small_stem)[0]
+    backbone = build_backbone(s.backbone, s.small_stem)[0] if start is None else start
     valid = read_labelled(dataset, "valid")
     job = TrainJob(dataset, resolve_device(device), "scratch", s, Path(tempfile.gettempdir()))
     preset = EvalPreset(input_size=s.input_size)
     result = downstream(job, backbone, valid, preset, Skipped())
     epochs = result.refined.epochs if result.refined else 0
-    return result.acc, test_accuracy(result.encoder, result.head, dataset, valid.classes, preset), epochs
+    test = test_accuracy(result.encoder, result.head, dataset, valid.classes, preset)
+    return result.acc, test, epochs, result.encoder.cpu()
 
 
 def main() -> None:
@@ -129,7 +137,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="where (a) and (b) train: cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--settings", default="{}", help="extra settings for every arm, as JSON")
     p.add_argument("--no_scratch", action="store_true", help="skip (b), e.g. when only the split changes")
-    p.add_argument("--keep_runs", type=Path, default=None, help="keep (a)'s runs folder here (<dir>/seed<N>)")
+    p.add_argument("--keep_runs", type=Path, default=None, help="keep (a)'s runs here (<dir>/seed<N>/job<K>)")
+    p.add_argument("--chain", type=int, default=1, help="jobs per seed, each from the previous one (default 1)")
     a = p.parse_args()
     preset = EvalPreset(input_size=a.input_size)
     train, valid, test = BENCH_SIZES.get(a.dataset, (None, None, None))
@@ -146,47 +155,53 @@ def main() -> None:
     pre = a.budget_s * a.pretrain_share
     rows = []
     for seed in a.seeds:
-        with tempfile.TemporaryDirectory() as tmp:
-            runs = a.keep_runs / f"seed{seed}" if a.keep_runs else Path(tmp)
-            runs.mkdir(parents=True, exist_ok=True)
-            settings = {**common, "seed": seed, "time_budget_s": pre, "refine_time_budget_s": a.budget_s - pre}
-            t = time.monotonic()
-            model, trial, acc_a = product(dataset, settings, runs, a.device)
-            info = json.loads((model / "model_info.json").read_text())
-            took = trial["train_consuming"]["SimSiam"]
-            acc_c = probe_of(model, dataset, preset)
-            print(f"seed {seed}: (a) {acc_a:.4f}  (c) {acc_c:.4f}  [{time.monotonic() - t:.0f} s]", flush=True)
-        t = time.monotonic()
-        if a.no_scratch:  # (b) does not depend on the split: take it from a run at the same budget and seed
-            held_b, acc_b, epochs_b = math.nan, math.nan, 0
-        else:
-            # Supervised only, trained until the budget ends whatever epochs --settings gives (a)
-            scratch = {
-                **common,
-                "seed": seed,
-                "refine_time_budget_s": a.budget_s,
-                "refine_epochs": 10_000,
-                "precision": info["pretraining"]["precision"],  # what (a) ran
-            }
-            held_b, acc_b, epochs_b = from_scratch(dataset, scratch, seed, a.device)
-        b_time = time.monotonic() - t
-        print(f"seed {seed}: (b) {acc_b:.4f}  [{b_time:.0f} s]", flush=True)
-        rows.append(
-            {
-                "seed": seed,
-                "a": acc_a,
-                "b": acc_b,
-                "c": acc_c,
-                "a_valid": trial["metric_value"],
-                "b_valid": held_b,
-                "a_probe_valid": info["metrics"]["probe_acc"],
-                "a_steps": info["pretraining"]["steps"],
-                "a_refine_epochs": info["metrics"].get("refine_epochs"),
-                "b_refine_epochs": epochs_b,
-                "a_s": took["train_time"] + took["valid_time"],
-                "b_s": b_time,
-            }
-        )
+        with tempfile.TemporaryDirectory() as tmp:  # the whole chain: job k reads job k-1's model folder
+            init, start = json.loads(a.settings).get("init", ""), None
+            for job in range(1, a.chain + 1):
+                runs = (a.keep_runs or Path(tmp)) / f"seed{seed}" / f"job{job}"
+                runs.mkdir(parents=True, exist_ok=True)
+                settings = {**common, "seed": seed, "time_budget_s": pre, "refine_time_budget_s": a.budget_s - pre}
+                settings["init"] = init
+                t = time.monotonic()
+                model, trial, acc_a = product(dataset, settings, runs, a.device)
+                info = json.loads((model / "model_info.json").read_text())
+                took = trial["train_consuming"]["SimSiam"]
+                acc_c = probe_of(model, dataset, preset)
+                print(f"seed {seed} job {job}: (a) {acc_a:.4f}  (c) {acc_c:.4f}  [{time.monotonic() - t:.0f} s]")
+                init = str(model)
+                t = time.monotonic()
+                if a.no_scratch:  # (b) does not depend on the split: take it from a run at the same budget and seed
+                    held_b, acc_b, epochs_b = math.nan, math.nan, 0
+                else:
+                    # Supervised only, trained until the budget ends whatever epochs --settings gives (a)
+                    scratch = {
+                        **common,
+                        "seed": seed,
+                        "refine_time_budget_s": a.budget_s,
+                        "refine_epochs": 10_000,
+                        "precision": info["pretraining"]["precision"],  # what (a) ran
+                        "init": "",
+                    }
+                    held_b, acc_b, epochs_b, start = from_scratch(dataset, scratch, seed, a.device, start)
+                b_time = time.monotonic() - t
+                print(f"seed {seed} job {job}: (b) {acc_b:.4f}  [{b_time:.0f} s]", flush=True)
+                rows.append(
+                    {
+                        "seed": seed,
+                        "job": job,
+                        "a": acc_a,
+                        "b": acc_b,
+                        "c": acc_c,
+                        "a_valid": trial["metric_value"],
+                        "b_valid": held_b,
+                        "a_probe_valid": info["metrics"]["probe_acc"],
+                        "a_steps": info["pretraining"]["steps"],
+                        "a_refine_epochs": info["metrics"].get("refine_epochs"),
+                        "b_refine_epochs": epochs_b,
+                        "a_s": took["train_time"] + took["valid_time"],
+                        "b_s": b_time,
+                    }
+                )
 
     valid = read_labelled(dataset, "valid")
     test = read_labelled(dataset, "test", classes=valid.classes)
@@ -198,21 +213,32 @@ def main() -> None:
         f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
         f"torch {torch.__version__}; settings {common}"
     )
-    head = f"{'seed':>5} {'(a) product':>12} {'(b) scratch':>12} {'(c) probe':>10} {'a-c':>7} {'a-b':>7}"
+    head = f"{'seed':>5} {'job':>4} {'(a) product':>12} {'(b) scratch':>12} {'(c) probe':>10} {'a-c':>7} {'a-b':>7}"
     print(head + f" {'a valid':>8} {'b valid':>8} {'a steps':>8} {'a ep':>5} {'b ep':>5} {'a s':>6} {'b s':>6}")
     for r in rows:
         print(
-            f"{r['seed']:>5} {r['a']:>12.4f} {r['b']:>12.4f} {r['c']:>10.4f} {100 * (r['a'] - r['c']):>+7.1f} "
-            f"{100 * (r['a'] - r['b']):>+7.1f} {r['a_valid']:>8.4f} {r['b_valid']:>8.4f} {r['a_steps']:>8} "
-            f"{r['a_refine_epochs']!s:>5} {r['b_refine_epochs']:>5} {r['a_s']:>6.0f} {r['b_s']:>6.0f}"
+            f"{r['seed']:>5} {r['job']:>4} {r['a']:>12.4f} {r['b']:>12.4f} {r['c']:>10.4f} "
+            f"{100 * (r['a'] - r['c']):>+7.1f} {100 * (r['a'] - r['b']):>+7.1f} {r['a_valid']:>8.4f} "
+            f"{r['b_valid']:>8.4f} {r['a_steps']:>8} {r['a_refine_epochs']!s:>5} {r['b_refine_epochs']:>5} "
+            f"{r['a_s']:>6.0f} {r['b_s']:>6.0f}"
         )
-    for key, name in (("a", "(a) product"), ("b", "(b) scratch"), ("c", "(c) probe")):
-        v = np.asarray([r[key] for r in rows])
-        print(f"{name:<12} test mean {v.mean():.4f}  spread {v.max() - v.min():.4f}")
-    d_ac = np.asarray([r["a"] - r["c"] for r in rows])
-    d_ab = np.asarray([r["a"] - r["b"] for r in rows])
-    print(f"(a) - (c): {100 * d_ac.mean():+.1f} pt (per seed {', '.join(f'{100 * d:+.1f}' for d in d_ac)}; target +10)")
-    print(f"(a) - (b): {100 * d_ab.mean():+.1f} pt (per seed {', '.join(f'{100 * d:+.1f}' for d in d_ab)}; target +5)")
+    for job in range(1, a.chain + 1):
+        at = [r for r in rows if r["job"] == job]
+        for key, name in (("a", "(a) product"), ("b", "(b) scratch"), ("c", "(c) probe")):
+            v = np.asarray([r[key] for r in at])
+            print(f"job {job} {name:<12} test mean {v.mean():.4f}  spread {v.max() - v.min():.4f}")
+        _differences(f"job {job}: (a) - (c)", [r["a"] - r["c"] for r in at], "target +10")
+        _differences(f"job {job}: (a) - (b)", [r["a"] - r["b"] for r in at], "target +5")
+        if job > 1:  # the chain's own targets: against job 1 of (a) and of (b), and the labels-only chain
+            first = {r["seed"]: r for r in rows if r["job"] == 1}
+            _differences(f"job {job}: (a) - job 1 (a)", [r["a"] - first[r["seed"]]["a"] for r in at], "target +5")
+            _differences(f"job {job}: (a) - job 1 (b)", [r["a"] - first[r["seed"]]["b"] for r in at], "target +5")
+            _differences(f"job {job}: (a) - (b') labels-only chain", [r["a"] - r["b"] for r in at], "measured")
+
+
+def _differences(name: str, d: list[float], target: str) -> None:
+    v = 100 * np.asarray(d)
+    print(f"{name}: {v.mean():+.1f} pt (per seed {', '.join(f'{x:+.1f}' for x in v)}; {target})")
 
 
 if __name__ == "__main__":
