@@ -10,30 +10,20 @@ runs/metric/trial.txt (SPEC.md, "client_test.py").
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from jobs.cli import add_device, add_model_folder, add_runs_dir, job_failure, setup_logging
+from jobs.cli import add_model_folder, job_parser, report, run_job, setup_logging
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--dataset_path",
-        type=str,
-        default="/data/flower_classifier/",
-        help="dataset root; its test/images/<class>/ split is scored (default: %(default)s)",
-    )
+    p = job_parser(__doc__, "dataset root; its test/images/<class>/ split is scored")
     add_model_folder(p)
-    add_device(p)
-    add_runs_dir(p)
     return p
 
 
 def main(args: argparse.Namespace) -> int:
-    setup_logging()
-    log = logging.getLogger("client_test")
+    log = setup_logging("client_test")
     # Refuse a wrong folder or dataset before importing torch or touching the disk.
     from export.model_folder import ModelFolderError, open_model_folder
 
@@ -49,25 +39,23 @@ def main(args: argparse.Namespace) -> int:
 
     from dataset.reader import DatasetError
     from evaluation.scoring import TestJob, format_summary, run
-    from jobs import stop
     from jobs.device import DeviceError, resolve_device
     from jobs.outputs import OutputError
 
-    stop.install()  # a platform's SIGTERM unwinds like Ctrl-C: nothing half-written, trial.txt unchanged
-    try:
-        device = resolve_device(args.device)
-        trial, evaluation = run(TestJob(dataset, model, device, Path(args.runs_dir)))
-    except (DatasetError, ModelFolderError, OutputError, DeviceError) as e:  # the user's to fix: exit 2
-        log.error("%s", e)
-        return 2
-    except BaseException as e:  # Ctrl-C or a full disk: a clear message and exit code; a bug re-raises (exit 1)
-        return job_failure(e, Path(args.runs_dir), "output folder", log)
-    print()
-    print(format_summary(evaluation))
-    print(f"\noutput folder: {trial['model_path']}")
-    print(f"evaluation:    {trial['predict_result_filename']} (+ confusion_matrix.png)")
-    print(f"trial file:    {Path(args.runs_dir).resolve() / 'metric' / 'trial.txt'}")
-    return 0
+    runs = Path(args.runs_dir)
+    code, result = run_job(
+        lambda: run(TestJob(dataset, model, resolve_device(args.device), runs)),
+        (DatasetError, ModelFolderError, OutputError, DeviceError),
+        runs,
+        "output folder",
+        log,
+    )
+    if code or result is None:
+        return code
+    trial, evaluation = result
+    print(f"\n{format_summary(evaluation)}\n")
+    evaluation_file = f"{trial['predict_result_filename']} (+ confusion_matrix.png)"
+    return report({"output folder": trial["model_path"], "evaluation": evaluation_file}, runs)
 
 
 if __name__ == "__main__":

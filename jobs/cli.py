@@ -7,12 +7,26 @@ import argparse
 import io
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from jobs.outputs import DEFAULT_RUNS, no_room
 
 SPEC_MODEL_PATH = "/app/tianji/runs/models/91e2c5a9-35e4-45ee-90e4-c53d85558bbc"
 SPEC_USED_MODEL = "SimSiam_autotables-2503-train-1"
+T = TypeVar("T")
+
+
+def job_parser(doc: str | None, dataset_holds: str) -> argparse.ArgumentParser:
+    """The batch clients' parser: --dataset_path (saying what the client reads there), --device, --runs_dir."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--dataset_path", type=str, default="/data/flower_classifier/", help=f"{dataset_holds} (default: %(default)s)"
+    )
+    add_device(p)
+    add_runs_dir(p)
+    return p
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
@@ -48,12 +62,39 @@ def add_runs_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
-def setup_logging() -> None:
+def setup_logging(name: str = "root") -> logging.Logger:
     # A file name that is not UTF-8 (lone surrogates after os.fsdecode) is printed escaped, not a crash.
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return logging.getLogger(name)
+
+
+def run_job(
+    work: Callable[[], T], user_errors: tuple[type[Exception], ...], runs_dir: Path, folder: str, log: logging.Logger
+) -> tuple[int, T | None]:
+    """(0, what `work` returned), or (exit code, None): 2 for the user's errors (one line naming the fix) and a
+    full disk, 130 for Ctrl-C or the platform's SIGTERM; anything else is a bug and re-raises (exit 1)."""
+    from jobs import stop
+
+    # A platform stops jobs with SIGTERM: unwind like Ctrl-C so the staging folder is removed and trial.txt
+    # is left as it was (Lightning chains this handler after its own). Both are remembered (jobs/stop.py).
+    stop.install()
+    try:
+        return 0, work()
+    except user_errors as e:
+        log.error("%s", e)
+        return 2, None
+    except BaseException as e:
+        return job_failure(e, runs_dir, folder, log), None
+
+
+def report(written: dict[str, str], runs_dir: Path) -> int:
+    """Print where the job's outputs are, then trial.txt's path; the exit code of a job that succeeded."""
+    for label, where in {**written, "trial file": str(runs_dir.resolve() / "metric" / "trial.txt")}.items():
+        print(f"{label + ':':<14} {where}")
+    return 0
 
 
 def job_failure(e: BaseException, runs_dir: Path, folder: str, log: logging.Logger) -> int:

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from serving.envelope import envelope
+from serving.http_middleware import HttpMiddleware
 
 log = logging.getLogger(__name__)
 HEAD_TIMEOUT_S = 10.0  # request line + headers (a few hundred bytes: one packet for any real client)
@@ -152,18 +153,15 @@ class BodyTimeout(Exception):
     pass
 
 
-class BodyDeadlineMiddleware:
+class BodyDeadlineMiddleware(HttpMiddleware):
     """408 (envelope, connection closed) when a body arrives slower than BODY_GRACE_S + bytes / BODY_MIN_RATE."""
 
     def __init__(self, app: ASGIApp, grace_s: float = BODY_GRACE_S, min_rate: float = BODY_MIN_RATE) -> None:
-        self.app = app
+        super().__init__(app)
         self.grace_s = grace_s
         self.min_rate = min_rate
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
         start, received, done, responded = loop.time(), 0, False, False
 

@@ -3,7 +3,8 @@
 The accuracy is honest: `refine()` first runs the recipe on a stratified part of `valid` and scores the rest,
 which it never trained on and never used to choose anything (no early stopping, fixed epochs); then it runs the
 same recipe, for the same number of epochs, on all of `valid` and returns that model for export. With refine
-"auto" the recipe itself is first chosen on an inner split of that part (training/refine_choice.py).
+"auto" the held-out run trains on an inner split of the fit part, and the recipe is chosen on the rest of the
+fit part (training/refine_choice.py) before the final run.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from export.torchscript import Classifier
 from handler.eval_preset import EvalPreset
 from training.distill import distill_images, teacher_targets
 from training.finetune import RefineRecipe, finetune, lp_head, predict, stratified_holdout
-from training.refine_choice import Choice, choose_recipe
+from training.refine_choice import GENTLE, Choice, choose_recipe, gentle_candidate, inner_split, probe_candidate
 from training.refine_images import RefineImages
 
 __all__ = ["RefineRecipe", "RefineResult", "finetune", "predict", "refine", "stratified_holdout"]
@@ -127,6 +128,8 @@ def refine(
 
     1. held-out run: on a copy of the encoder and the fit part (1 - holdout of each class): BatchNorm statistics
        and a probe head from the fit part, fine-tune, distil, score the held-out part, which nothing has seen;
+       with recipe.choose (refine "auto") it trains on the inner fit part, and the candidates are scored on the
+       rest of the fit part: the probe wins -> the frozen encoder is served (_probe);
     2. final run: the same on all of valid, for the epochs the held-out run made.
     Returns the final model and the held-out run's accuracy.
     """
@@ -136,46 +139,56 @@ def refine(
         paths = [paths[i] for i in images.kept]
         labels = [labels[i] for i in images.kept]
     fit, held = stratified_holdout(labels, recipe.holdout, recipe.seed)
-    choice = None
-    if recipe.choose:
+    train, inner, scores, choice_s = fit, None, {}, 0.0
+    if recipe.choose:  # the held-out run trains on the inner fit part: it is the recipe's own candidate
         t_choice = time.monotonic()
-        # The choice's fine-tuning runs get their share of the budget by the images they train on (2 runs on
-        # the inner fit part, beside the held-out and final runs).
-        inner = 2 * len(fit) * (1 - recipe.holdout)
-        budget = recipe.time_budget_s * inner / (inner + len(fit) + len(labels)) if recipe.time_budget_s > 0 else 0
-        choice = choose_recipe(encoder, paths, labels, fit, n_classes, preset, images, recipe, device, budget)
-        if choice.recipe == "probe":
-            return _probe(encoder, paths, labels, fit, held, n_classes, preset, device, recipe, choice, t0)
-        spent = time.monotonic() - t_choice
-        t0 += spent  # the held-out run's set-up, below, is measured without the choice
-        left = max(recipe.time_budget_s - spent, 1e-3) if recipe.time_budget_s > 0 else 0.0
-        recipe = replace(recipe, lr=choice.lr, time_budget_s=left)
+        inner = inner_split(paths, labels, n_classes, fit, recipe, preset, device)
+        train = inner.fit
+        scores["probe"] = probe_candidate(encoder, inner, recipe.head_c)
+        choice_s = time.monotonic() - t_choice
     n_unlabelled = len(unlabelled) if unlabelled is not None and recipe.distill_epochs > 0 else 0
     curve: list[dict] = []
 
     enc = copy.deepcopy(encoder)
-    head = lp_head(enc, [paths[i] for i in fit], [labels[i] for i in fit], n_classes, preset, device, recipe.head_c)
+    train_paths, train_labels = [paths[i] for i in train], [labels[i] for i in train]
+    head = lp_head(enc, train_paths, train_labels, n_classes, preset, device, recipe.head_c)
     finetune_s, distill_s = held_out_budget(
-        recipe.time_budget_s,
-        time.monotonic() - t0,
-        len(fit),
+        recipe.time_budget_s - choice_s if recipe.time_budget_s > 0 else 0.0,
+        time.monotonic() - t0 - choice_s,  # the set-up the final run repeats (not the probe candidate)
+        len(train),
         len(labels),
         recipe.epochs,
         n_unlabelled,
         recipe.distill_epochs if n_unlabelled else 0,
     )
     watch = HeldOutWatch(enc, head, [paths[i] for i in held], [labels[i] for i in held], preset, device, curve)
-    epochs = finetune(enc, head, images.subset(fit), recipe, device, recipe.epochs, finetune_s, watch.on_epoch)
+    epochs = finetune(enc, head, images.subset(train), recipe, device, recipe.epochs, finetune_s, watch.on_epoch)
     teacher_acc, distilled = None, 0
     if n_unlabelled and unlabelled is not None:
         teacher_acc = watch.acc
         watch.start("distill", epochs)
         # The final run's teacher pass takes as long again: it comes out of this run's distillation budget.
         distilled = distil(
-            enc, head, unlabelled, images.subset(fit), preset, recipe, device, recipe.distill_epochs, distill_s,
-            watch.on_epoch, teacher_passes=2,
+            enc, head, unlabelled, images.subset(train), preset, recipe, device=device, epochs=recipe.distill_epochs,
+            time_budget_s=distill_s, on_epoch=watch.on_epoch, teacher_passes=2,
         )  # fmt: skip
     predictions, acc = watch.predictions, watch.acc
+    choice = None
+    if inner is not None:
+        t_choice = time.monotonic()
+        scores[f"finetune lr={recipe.lr:g}"] = inner.score(enc, head)
+        gentle = None
+        if recipe.time_budget_s <= 0:  # refined by epochs: a gentler fine-tuning costs no budget's share
+            gentle = gentle_candidate(encoder, inner, images, recipe)
+            scores[f"finetune lr={recipe.lr * GENTLE:g}"] = gentle[0]
+        choice = choose_recipe(scores, recipe, inner, choice_s + time.monotonic() - t_choice)
+        if choice.recipe == "probe":
+            return _probe(encoder, paths, labels, fit, held, n_classes, preset, device, recipe, choice, t0)
+        if gentle is not None and choice.lr != recipe.lr:  # metric_value: the gentler run's, on the held-out part
+            held_paths, held_labels = inner.part(held)
+            predictions = predict(gentle[1], gentle[2], held_paths, preset, device)
+            acc = float((np.asarray(predictions) == np.asarray(held_labels)).mean())
+            recipe = replace(recipe, lr=choice.lr)
 
     def final_epoch(phase: str, first: int) -> Callable[[int, float, float, float], None]:
         return lambda epoch, loss, train_acc, _: curve.append(_row("final", phase, first + epoch, loss, train_acc))
@@ -184,8 +197,8 @@ def refine(
     finetune(encoder, head, images, recipe, device, epochs, 0.0, final_epoch("finetune", 0))
     if distilled and unlabelled is not None:
         on_epoch = final_epoch("distill", epochs)
-        distil(encoder, head, unlabelled, images, preset, recipe, device, distilled, 0.0, on_epoch)
-    fit_time_s = time.monotonic() - t0 + (choice.seconds if choice else 0.0)
+        distil(encoder, head, unlabelled, images, preset, recipe, device=device, epochs=distilled, on_epoch=on_epoch)
+    fit_time_s = time.monotonic() - t0
     return RefineResult(
         encoder, head, acc, held, predictions, epochs, fit_time_s, distilled, teacher_acc, curve,
         choice.record() if choice else None,
@@ -224,8 +237,9 @@ def distil(
     labelled: RefineImages,
     preset: EvalPreset,
     recipe: RefineRecipe,
-    device: torch.device,
+    *,  # the schedule by name: the call sites read as what they set
     epochs: int,
+    device: torch.device,
     time_budget_s: float = 0.0,
     on_epoch: Callable[[int, float, float, float], None] | None = None,
     teacher_passes: int = 1,

@@ -3,19 +3,20 @@
 A strong encoder (a warm start, a user's own weights) can lose to its own frozen features when fine-tuning
 re-learns it at a learning rate meant for a young one; a weak encoder gains most from fine-tuning. The choice is
 made where it costs the measurement nothing: the fit part (1 - holdout of valid) is split again, each candidate
-trains on the inner fit part and is scored on the inner held-out part, and only the winner then runs the
-held-out protocol (training/refine.py), so `metric_value` stays measured on images no choice has seen.
+trains on the inner fit part and is scored on the inner held-out part, and the winner's held-out accuracy is
+`metric_value`, measured on images no choice has seen (training/refine.py).
 
-Candidates: the frozen encoder with a linear probe head (what the frozen features give), and LP-FT at the
-recipe's learning rate and at a tenth of it (a gentler fine-tuning that keeps more of a good encoder). A tie goes
-to the earlier candidate: the probe first, as it is the cheapest and changes nothing of the encoder.
+Candidates: the frozen encoder with a linear probe head (what the frozen features give); LP-FT at the recipe's
+learning rate, which is the held-out run itself, trained on the inner fit part (the choice adds no fine-tuning
+run, so under a time budget the final run keeps the epochs plain "finetune" gets); and, refined by epochs (no
+refine_time_budget_s), LP-FT at a tenth of the learning rate (a gentler fine-tuning that keeps more of a good
+encoder). A tie goes to the earlier candidate: the probe first, as it changes nothing of the encoder.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,7 +32,43 @@ from training.refine_images import RefineImages
 
 log = logging.getLogger(__name__)
 
-GENTLE = 0.1  # the second fine-tuning candidate's learning rate, as a share of the recipe's
+GENTLE = 0.1  # the gentler fine-tuning candidate's learning rate, as a share of the recipe's
+
+
+@dataclass
+class InnerSplit:
+    """The fit part split again: the candidates train on `fit` and are scored on `held` (indices into `paths`),
+    with the eval preset on `device`."""
+
+    paths: list[Path]
+    labels: list[int]
+    n_classes: int
+    fit: list[int]
+    held: list[int]
+    preset: EvalPreset
+    device: torch.device
+
+    def part(self, which: list[int]) -> tuple[list[Path], list[int]]:
+        return [self.paths[i] for i in which], [self.labels[i] for i in which]
+
+    def score(self, encoder: nn.Module, head: nn.Linear) -> float:
+        """Accuracy on the inner held-out images."""
+        paths, labels = self.part(self.held)
+        return float((np.asarray(predict(encoder, head, paths, self.preset, self.device)) == np.asarray(labels)).mean())
+
+
+def inner_split(
+    paths: list[Path],
+    labels: list[int],
+    n_classes: int,
+    fit: list[int],
+    recipe: RefineRecipe,
+    preset: EvalPreset,
+    device: torch.device,
+) -> InnerSplit:
+    inner_fit, inner_held = stratified_holdout([labels[i] for i in fit], recipe.holdout, recipe.seed + 1)
+    held = [fit[i] for i in inner_held]
+    return InnerSplit(paths, labels, n_classes, [fit[i] for i in inner_fit], held, preset, device)
 
 
 @dataclass
@@ -40,7 +77,7 @@ class Choice:
     lr: float  # the backbone's base learning rate of the chosen fine-tuning (the recipe's for "probe")
     inner_acc: dict[str, float]  # each candidate's accuracy on the inner held-out images
     inner_images: tuple[int, int]  # (inner fit, inner held out)
-    seconds: float
+    seconds: float  # what the choice added to the stage (the probe candidate, the gentler fine-tuning)
 
     def record(self) -> dict:
         return {
@@ -52,55 +89,36 @@ class Choice:
         }
 
 
-def choose_recipe(
-    encoder: nn.Module,
-    paths: list[Path],
-    labels: list[int],
-    fit: list[int],
-    n_classes: int,
-    preset: EvalPreset,
-    images: RefineImages,
-    recipe: RefineRecipe,
-    device: torch.device,
-    time_budget_s: float,
-) -> Choice:
-    """Score the candidates on an inner split of `fit` (indices into paths/labels); `time_budget_s` (> 0) is
-    shared by the fine-tuning candidates. `encoder` is not changed."""
-    t0 = time.monotonic()
-    inner_fit_pos, inner_held_pos = stratified_holdout([labels[i] for i in fit], recipe.holdout, recipe.seed + 1)
-    inner_fit = [fit[i] for i in inner_fit_pos]
-    inner_held = [fit[i] for i in inner_held_pos]
-    truth = np.asarray([labels[i] for i in inner_held])
-    fit_paths, fit_labels = [paths[i] for i in inner_fit], [labels[i] for i in inner_fit]
-    held_paths = [paths[i] for i in inner_held]
+def probe_candidate(encoder: nn.Module, inner: InnerSplit, head_c: float) -> float:
+    """The frozen encoder with a probe head fitted on the inner fit part, scored on the inner held-out part."""
+    paths, labels = inner.part(inner.fit)
+    features, kept, _ = run_frozen(encoder, paths, inner.preset, inner.device)
+    head = fit_head(features, [labels[k] for k in kept], inner.n_classes, head_c)
+    return inner.score(encoder, head)
 
-    scores: dict[str, float] = {}
-    features, kept, _ = run_frozen(encoder, fit_paths, preset, device)
-    head = fit_head(features, [fit_labels[i] for i in kept], n_classes, recipe.head_c)
-    scores["probe"] = float((np.asarray(predict(encoder, head, held_paths, preset, device)) == truth).mean())
 
-    lrs = [recipe.lr, recipe.lr * GENTLE]
-    each_s = time_budget_s / len(lrs) if time_budget_s > 0 else 0.0
-    for lr in lrs:
-        t = time.monotonic()
-        enc = copy.deepcopy(encoder)
-        head = lp_head(enc, fit_paths, fit_labels, n_classes, preset, device, recipe.head_c)
-        budget = max(each_s - (time.monotonic() - t), 1e-3) if each_s else 0.0
-        finetune(enc, head, images.subset(inner_fit), replace(recipe, lr=lr), device, recipe.epochs, budget)
-        predicted = np.asarray(predict(enc, head, held_paths, preset, device))
-        scores[f"finetune lr={lr:g}"] = float((predicted == truth).mean())
-        del enc
-    best = max(scores, key=lambda k: scores[k])  # the first of equals: the probe before fine-tuning
-    chosen_lr = recipe.lr if best == "probe" else float(best.split("=")[1])
-    choice = Choice(
-        "probe" if best == "probe" else "finetune", chosen_lr, scores, (len(inner_fit), len(inner_held)), 0.0
-    )
-    choice.seconds = time.monotonic() - t0
+def gentle_candidate(
+    encoder: nn.Module, inner: InnerSplit, images: RefineImages, recipe: RefineRecipe
+) -> tuple[float, nn.Module, nn.Linear]:
+    """LP-FT of a copy of `encoder` at GENTLE x the recipe's learning rate, for the recipe's epochs on the inner
+    fit part; returns (inner held-out accuracy, encoder, head)."""
+    enc = copy.deepcopy(encoder)
+    head = lp_head(enc, *inner.part(inner.fit), inner.n_classes, inner.preset, inner.device, recipe.head_c)
+    gentle = replace(recipe, lr=recipe.lr * GENTLE)
+    finetune(enc, head, images.subset(inner.fit), gentle, inner.device, recipe.epochs)
+    return inner.score(enc, head), enc, head
+
+
+def choose_recipe(scores: dict[str, float], recipe: RefineRecipe, inner: InnerSplit, seconds: float) -> Choice:
+    """The best candidate by inner held-out accuracy; the first of equals (the probe before fine-tuning)."""
+    best = max(scores, key=lambda k: scores[k])
+    lr = recipe.lr if best == "probe" else float(best.split("=")[1])
+    choice = Choice("probe" if best == "probe" else "finetune", lr, scores, (len(inner.fit), len(inner.held)), seconds)
     log.info(
-        "refine auto: %s on %d inner held-out images (%s), %.1f s",
+        "refine auto: %s on %d inner held-out images (%s), choice %.1f s",
         choice.record()["chosen"],
-        len(inner_held),
+        len(inner.held),
         ", ".join(f"{k} {v:.4f}" for k, v in scores.items()),
-        choice.seconds,
+        seconds,
     )
     return choice

@@ -12,7 +12,7 @@ from PIL import Image
 from dataset.reader import Skipped
 from handler.eval_preset import EvalPreset
 from training.backbone import build_backbone
-from training.finetune import _schedule, _stages
+from training.finetune import _schedule, _stages, finetune
 from training.model import SimSiam
 from training.refine import RefineRecipe, held_out_budget, predict, refine, stratified_holdout
 
@@ -147,20 +147,48 @@ def _colour_images(folder: Path, n: int, n_classes: int) -> tuple[list[Path], li
     return paths, labels
 
 
-def test_refine_auto_chooses_on_an_inner_split_and_runs_the_winner(tmp_path):
-    """refine "auto": the probe and two fine-tuning learning rates are scored on an inner split of the fit part;
-    the winner (the first of equals) then runs the held-out protocol, scored on images no candidate has seen."""
+def _refine_auto(tmp_path: Path, **recipe: float):
+    """refine "auto" of a random resnet18 on 60 images of 3 colour classes (48 fit, 12 held out)."""
     paths, labels = _colour_images(tmp_path / "valid", 60, 3)
     torch.manual_seed(0)
     encoder = build_backbone("resnet18", small_stem=True)[0]
-    recipe = RefineRecipe(epochs=2, batch_size=8, lr=0.05, head_lr=0.05, num_workers=0, choose=True)
-    r = refine(encoder, paths, labels, 3, EvalPreset(input_size=32), recipe, torch.device("cpu"), 64, Skipped())
+    auto = RefineRecipe(batch_size=8, lr=0.05, head_lr=0.05, num_workers=0, choose=True, **recipe)
+    return refine(encoder, paths, labels, 3, EvalPreset(input_size=32), auto, torch.device("cpu"), 64, Skipped())
+
+
+def test_refine_auto_chooses_on_an_inner_split_and_runs_the_winner(tmp_path):
+    """refine "auto": the probe and two fine-tuning learning rates are scored on an inner split of the fit part;
+    the winner (the first of equals) then runs the held-out protocol, scored on images no candidate has seen."""
+    r = _refine_auto(tmp_path, epochs=2)
     choice = r.choice
     assert list(choice["inner_acc"]) == ["probe", "finetune lr=0.05", "finetune lr=0.005"]
     scores = list(choice["inner_acc"].values())
     assert choice["chosen"] == list(choice["inner_acc"])[scores.index(max(scores))]
     assert choice["inner_fit_images"] + choice["inner_held_out_images"] == 48 and len(r.held_out) == 12
     assert r.epochs == (0 if choice["chosen"] == "probe" else 2)
+
+
+def test_refine_auto_under_a_budget_uses_the_held_out_run_as_the_fine_tuning_candidate(tmp_path, monkeypatch):
+    """Under refine_time_budget_s the choice adds no fine-tuning run: the held-out run trains on the inner fit part
+    and is the recipe's candidate beside the probe; the final run then trains on all of valid."""
+    import training.refine as refine_module
+
+    trained: list[int] = []
+
+    def counting_finetune(encoder, head, data, *args, **kwargs):
+        trained.append(len(data))
+        return finetune(encoder, head, data, *args, **kwargs)
+
+    monkeypatch.setattr(refine_module, "finetune", counting_finetune)
+    r = _refine_auto(tmp_path, epochs=10_000, time_budget_s=8.0)
+    choice = r.choice
+    assert list(choice["inner_acc"]) == ["probe", "finetune lr=0.05"]
+    inner_fit = choice["inner_fit_images"]
+    assert inner_fit + choice["inner_held_out_images"] == 48 and inner_fit < 48
+    if choice["chosen"] == "probe":
+        assert trained == [inner_fit] and r.epochs == 0
+    else:
+        assert trained == [inner_fit, 60] and 1 <= r.epochs < 10_000  # the budget ended the held-out run
 
 
 def test_refine_auto_serving_the_probe_keeps_the_encoder_and_scores_the_held_out_part(tmp_path, monkeypatch):
