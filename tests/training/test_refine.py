@@ -15,6 +15,7 @@ from training.backbone import build_backbone
 from training.finetune import _schedule, _stages, finetune
 from training.model import SimSiam
 from training.refine import RefineRecipe, held_out_budget, predict, refine, stratified_holdout
+from training.refine_choice import Choice, InnerSplit, choose_recipe, standard_error
 
 
 def _noise_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -162,8 +163,13 @@ def test_refine_auto_chooses_on_an_inner_split_and_runs_the_winner(tmp_path):
     r = _refine_auto(tmp_path, epochs=2)
     choice = r.choice
     assert list(choice["inner_acc"]) == ["probe", "finetune lr=0.05", "finetune lr=0.005"]
-    scores = list(choice["inner_acc"].values())
-    assert choice["chosen"] == list(choice["inner_acc"])[scores.index(max(scores))]
+    acc = choice["inner_acc"]
+    tuned = max(v for k, v in acc.items() if k != "probe")
+    n = choice["inner_held_out_images"]
+    if acc["probe"] - tuned > standard_error(acc["probe"], tuned, n):
+        assert choice["chosen"] == "probe"
+    else:  # the first of the best fine-tunings
+        assert choice["chosen"] == next(k for k, v in acc.items() if k != "probe" and v == tuned)
     assert choice["inner_fit_images"] + choice["inner_held_out_images"] == 48 and len(r.held_out) == 12
     assert r.epochs == (0 if choice["chosen"] == "probe" else 2)
 
@@ -191,11 +197,24 @@ def test_refine_auto_under_a_budget_uses_the_held_out_run_as_the_fine_tuning_can
         assert trained == [inner_fit, 60] and 1 <= r.epochs < 10_000  # the budget ended the held-out run
 
 
+def test_refine_auto_serves_the_probe_only_when_it_wins_beyond_the_inner_noise():
+    """On 96 inner held-out images a probe 2 points ahead is noise (fine-tuning is chosen); an encoder that
+    fine-tuning ruins (0.98 -> 0.27) keeps its frozen features; among fine-tunings the first of equals wins."""
+    inner = InnerSplit([], [], 6, [], list(range(96)), EvalPreset(input_size=32), torch.device("cpu"))
+    recipe = RefineRecipe(lr=0.2)
+    near = choose_recipe({"probe": 0.4375, "finetune lr=0.2": 0.4167}, recipe, inner, 1.0)
+    assert near.recipe == "finetune" and near.lr == 0.2
+    ruined = choose_recipe({"probe": 0.98, "finetune lr=0.2": 0.27, "finetune lr=0.02": 0.5}, recipe, inner, 1.0)
+    assert ruined.recipe == "probe" and ruined.record()["chosen"] == "probe"
+    gentle = choose_recipe({"probe": 0.5, "finetune lr=0.2": 0.6, "finetune lr=0.02": 0.7}, recipe, inner, 1.0)
+    assert gentle.recipe == "finetune" and gentle.lr == pytest.approx(0.02)
+    assert standard_error(0.5, 0.5, 100) == pytest.approx(0.05)
+
+
 def test_refine_auto_serving_the_probe_keeps_the_encoder_and_scores_the_held_out_part(tmp_path, monkeypatch):
     """When the frozen features win, the exported model is the unchanged encoder with a probe head on all of
     valid, and metric_value is that recipe's accuracy on the held-out part."""
     import training.refine as refine_module
-    from training.refine_choice import Choice
 
     paths, labels = _colour_images(tmp_path / "valid", 60, 3)
     encoder = build_backbone("resnet18", small_stem=True)[0].eval()
