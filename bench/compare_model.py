@@ -63,7 +63,7 @@ def main() -> None:
         "refine_time_budget_s": trial_budget,
         "precision": precision,
     }
-    scratch_valid, scratch_test, epochs = from_scratch(a.dataset_path, scratch, settings["seed"], device)
+    scratch_valid, scratch_test, epochs, _ = from_scratch(a.dataset_path, scratch, settings["seed"], device)
     took = time.monotonic() - t
 
     m = info["metrics"]
