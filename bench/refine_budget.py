@@ -47,6 +47,7 @@ from evaluation.probe import fit_head
 from handler.eval_preset import EvalPreset
 from jobs.device import resolve_device
 from training.backbone import build_backbone
+from training.finetune import accuracy
 from training.model import SimSiam
 from training.refine import predict
 from training.settings import build_settings
@@ -91,7 +92,7 @@ def test_accuracy(
 ) -> float:
     test = read_labelled(dataset, "test", classes=classes)
     pred = predict(encoder, head, test.paths, preset, torch.device("cpu"))
-    return float((np.asarray(pred) == np.asarray(test.labels)).mean())
+    return accuracy(pred, test.labels)
 
 
 def probe_of(model: Path, dataset: Path, preset: EvalPreset) -> float:

@@ -62,7 +62,7 @@ def add_runs_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
-def setup_logging(name: str = "root") -> logging.Logger:
+def setup_logging(name: str | None = None) -> logging.Logger:
     # A file name that is not UTF-8 (lone surrogates after os.fsdecode) is printed escaped, not a crash.
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):

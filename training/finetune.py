@@ -166,6 +166,11 @@ def finetune(
     return done
 
 
+def accuracy(predicted: list[int], labels: list[int]) -> float:
+    """Share of `predicted` classes equal to `labels` (a class of -1, an image that failed, counts as wrong)."""
+    return float((np.asarray(predicted) == np.asarray(labels)).mean())
+
+
 def predict(encoder: nn.Module, head: nn.Linear, paths: list[Path], preset: EvalPreset, device: torch.device) -> list:
     """Top-1 class per path with the eval preset (what client_test.py and the server do)."""
     logits, kept, _ = run_frozen(Classifier(encoder, head), paths, preset, device)

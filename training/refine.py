@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -27,7 +26,7 @@ from evaluation.probe import fit_head
 from export.torchscript import Classifier
 from handler.eval_preset import EvalPreset
 from training.distill import distill_images, teacher_targets
-from training.finetune import RefineRecipe, finetune, lp_head, predict, stratified_holdout
+from training.finetune import RefineRecipe, accuracy, finetune, lp_head, predict, stratified_holdout
 from training.refine_choice import GENTLE, Choice, choose_recipe, gentle_candidate, inner_split, probe_candidate
 from training.refine_images import RefineImages
 
@@ -71,7 +70,7 @@ class HeldOutWatch:
     @property
     def acc(self) -> float:
         """Accuracy of the newest look's predictions on the held-out images."""
-        return float((np.asarray(self.predictions) == np.asarray(self.labels)).mean())
+        return accuracy(self.predictions, self.labels)
 
     def start(self, phase: str, first_epoch: int) -> None:
         self.phase, self.first_epoch, self.next_look = phase, first_epoch, 0.1
@@ -187,7 +186,7 @@ def refine(
         if gentle is not None and choice.lr != recipe.lr:  # metric_value: the gentler run's, on the held-out part
             held_paths, held_labels = inner.part(held)
             predictions = predict(gentle[1], gentle[2], held_paths, preset, device)
-            acc = float((np.asarray(predictions) == np.asarray(held_labels)).mean())
+            acc = accuracy(predictions, held_labels)
             recipe = replace(recipe, lr=choice.lr)
 
     def final_epoch(phase: str, first: int) -> Callable[[int, float, float, float], None]:
@@ -225,7 +224,7 @@ def _probe(
     fit_kept = [i for i in fit if i in index]
     head = fit_head(features[[index[i] for i in fit_kept]], [labels[i] for i in fit_kept], n_classes, recipe.head_c)
     predictions = predict(encoder, head, [paths[i] for i in held], preset, device)
-    acc = float((np.asarray(predictions) == np.asarray([labels[i] for i in held])).mean())
+    acc = accuracy(predictions, [labels[i] for i in held])
     head = fit_head(features, [labels[i] for i in kept], n_classes, recipe.head_c)
     return RefineResult(encoder.eval(), head, acc, held, predictions, 0, time.monotonic() - t0, choice=choice.record())
 

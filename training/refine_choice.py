@@ -25,14 +25,13 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from evaluation.features import run_frozen
 from evaluation.probe import fit_head
 from handler.eval_preset import EvalPreset
-from training.finetune import RefineRecipe, finetune, lp_head, predict, stratified_holdout
+from training.finetune import RefineRecipe, accuracy, finetune, lp_head, predict, stratified_holdout
 from training.refine_images import RefineImages
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ class InnerSplit:
     def score(self, encoder: nn.Module, head: nn.Linear) -> float:
         """Accuracy on the inner held-out images."""
         paths, labels = self.part(self.held)
-        return float((np.asarray(predict(encoder, head, paths, self.preset, self.device)) == np.asarray(labels)).mean())
+        return accuracy(predict(encoder, head, paths, self.preset, self.device), labels)
 
 
 def inner_split(
