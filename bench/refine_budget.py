@@ -50,6 +50,7 @@ from handler.eval_preset import EvalPreset
 from jobs.device import resolve_device
 from training.backbone import build_backbone
 from training.finetune import accuracy
+from training.init import refined_encoder
 from training.model import SimSiam
 from training.refine import predict
 from training.settings import build_settings
@@ -113,10 +114,7 @@ def refined_checkpoint(model: Path, runs: Path) -> Path:
     from pretraining, encoder after the labels."""
     (ckpt,) = (model / "checkpoints").glob("*.ckpt")
     blob = torch.load(ckpt, map_location="cpu", weights_only=False)
-    encoder = torch.jit.load(str(model / "model.pt"), map_location="cpu").encoder.state_dict()
-    state = blob["state_dict"]
-    assert {f"backbone.{k}" for k in encoder} <= set(state), "model.pt's encoder is not the checkpoint's backbone"
-    state.update({f"backbone.{k}": v.contiguous() for k, v in encoder.items()})
+    blob["state_dict"].update(refined_encoder(model))  # init's check names any key that does not fit
     out = runs / "refined.ckpt"
     torch.save(blob, out)
     return out

@@ -101,13 +101,18 @@ def _as_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {f"backbone.{k}": v for k, v in state.items() if not k.startswith("fc.")}
 
 
+def refined_encoder(folder: Path) -> dict[str, torch.Tensor]:
+    """A model folder's served encoder (model.pt, after the refine stage) as SimSiam "backbone.*" keys."""
+    scripted = torch.jit.load(str(folder / "model.pt"), map_location="cpu")
+    return {f"backbone.{k}": v for k, v in scripted.encoder.state_dict().items()}
+
+
 def _model_folder(folder: Path) -> InitWeights:
     checkpoints = sorted((folder / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     if checkpoints:
         state = torch.load(checkpoints[-1], map_location="cpu", weights_only=False)["state_dict"]
     elif (folder / "model.pt").is_file():
-        scripted = torch.jit.load(str(folder / "model.pt"), map_location="cpu")
-        state = {f"backbone.{k}": v for k, v in scripted.encoder.state_dict().items()}
+        state = refined_encoder(folder)
     else:
         raise InitError(f"advance_settings init={str(folder)!r} is a folder without checkpoints/*.ckpt or model.pt")
     parent = None
