@@ -1,33 +1,29 @@
-"""Serve a trained model: TorchServe on loopback + the product's HTTP API on 0.0.0.0:<service_port>.
+"""Serve a trained model: TorchServe on loopback, nginx on 0.0.0.0:<service_port> speaking the product's HTTP API.
 
     python client_infer.py --model_path runs/models/<uuid4> --used_model SimSiam_autotables-2503-train-1 \
         --device cpu --service_port 8080
     printf '{"content": "%s"}' "$(base64 -w0 flower.jpg)" |
         curl -s localhost:8080/autotable/predict -H 'Content-Type: application/json' -d @-
 
-Stays in the foreground until SIGINT/SIGTERM, then stops TorchServe and leaves no process behind
-(SPEC.md, "client_infer.py"; README.md, "Serving").
+nginx listens at once and answers 503 until the model has answered a probe image, then routes the API to
+TorchServe (a graceful reload). Stays in the foreground until SIGINT/SIGTERM, then lets requests in flight
+finish, stops nginx and TorchServe, and leaves no process behind (SPEC.md, "client_infer.py"; docs/serving.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
+import json
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 
 from jobs.cli import add_device, add_model_folder, setup_logging
 
 log = logging.getLogger("client_infer")
-
-
-class _Stop(Exception):
-    """SIGINT or SIGTERM arrived: stop the proxy, then TorchServe."""
+SERVICE_FILE = "service.json"  # in the run folder: how `python -m serving.manage` finds this service
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -42,71 +38,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def resolve(name: str) -> tuple[str, int | None]:
     """(device, GPU index or None); "cuda" without a GPU falls back to CPU with a warning."""
     if name.strip().lower() == "cpu":
-        return "cpu", None  # no torch import: the proxy process stays small and starts fast
+        return "cpu", None  # no torch import: this process stays small and starts fast
     from jobs.device import resolve_device
 
     device = resolve_device(name)
     return str(device), (device.index or 0) if device.type == "cuda" else None
-
-
-def _raise_stop(signum: int, frame) -> None:
-    raise _Stop(signal.Signals(signum).name)
-
-
-async def _serve(
-    app, host: str, port: int, ts, start_timeout: float, on_ready: Callable[[], None], proxies: int = 1
-) -> int:
-    """Listen at once and answer 503 while TorchServe loads the model (SPEC: "503 while the model is not ready"),
-    then proxy until a signal (uvicorn drains open requests first) or until TorchServe dies (exit code 1).
-    A model that cannot load raises TorchServeError after the proxy has stopped. With `proxies` > 1, as many
-    processes serve the port (serving/proxies.py): this one and its children, which follow its readiness."""
-    import uvicorn
-
-    from serving.proxies import ProxyChildren, bind_sockets
-    from serving.server import server_config
-    from serving.torchserve_process import TorchServeCancelled
-
-    config = server_config(app, host, port)
-    server = uvicorn.Server(config)
-    stopping = threading.Event()  # ends the start-up wait whichever way _serve leaves
-    app.state.loading = "TorchServe is loading it"
-    sockets = bind_sockets(host, port, proxies) if proxies > 1 else []
-    children = ProxyChildren(sockets[1:], (ts.config.inference_url, ts.config.management_url), ts.model_name)
-    children.start()
-    task = asyncio.create_task(server.serve(sockets=sockets[:1] or None))
-    loading = asyncio.create_task(
-        asyncio.to_thread(ts.wait_ready, start_timeout, lambda: stopping.is_set() or server.should_exit)
-    )
-    died = False
-    failed: BaseException | None = None
-    waiting = {task, loading}  # loading leaves once it has ended, so a stop never spins on a finished task
-    try:
-        while not task.done():
-            await asyncio.wait(waiting, timeout=0.5)
-            if loading in waiting and loading.done():
-                waiting = {task}
-                if (error := loading.exception()) is None:
-                    app.state.loading = None
-                    children.set_ready()
-                    on_ready()
-                elif not isinstance(error, TorchServeCancelled):  # cancelled: a signal is already stopping us
-                    failed = error  # the model cannot load: stop listening, report it below
-                    server.should_exit = True
-            elif not app.state.loading and not died and ts.poll() is not None:
-                log.error("TorchServe exited unexpectedly; stopping the service. Its last lines:\n%s", ts.tail())
-                died = server.should_exit = True
-            children.check()
-        await task  # uvicorn re-raises the signal it caught: _Stop comes out here
-    finally:
-        stopping.set()
-        children.stop()
-        for sock in sockets:
-            sock.close()
-        with contextlib.suppress(BaseException):
-            await loading
-    if failed is not None:
-        raise failed
-    return 1 if died else 0
 
 
 def main(args: argparse.Namespace) -> int:
@@ -121,6 +57,9 @@ def main(args: argparse.Namespace) -> int:
     if not (model_dir / f"{args.used_model}.mar").is_file():
         log.error("--model_path %s holds no %s.mar; train again to rebuild it", model_dir, args.used_model)
         return 2
+    from serving.nginx import Nginx, nginx_binary
+    from serving.plan import serving_plan
+    from serving.torchserve_process import TorchServeCancelled, TorchServeError, TorchServeProcess
     from serving.ts_config import port_is_free
 
     if not port_is_free(args.host, args.service_port):
@@ -128,20 +67,17 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         device, gpu_index = resolve(args.device)
-    except ValueError as e:
+        nginx_binary()
+    except (ValueError, FileNotFoundError) as e:
         log.error("%s", e)
         return 2
-    from serving.app import create_app
-    from serving.plan import serving_plan
-    from serving.proxies import proxy_count
-    from serving.torchserve_process import TorchServeError, TorchServeProcess
 
+    # A signal only sets this flag: every wait below polls it, so a stop at any moment -- TorchServe half
+    # started, the model loading -- runs the same clean-up, and no exception lands inside a child's start.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: (log.info("%s: stopping", signal.Signals(signum).name), stop.set()))
     plan = serving_plan(gpus=0 if gpu_index is None else 1)
-    try:
-        proxies = proxy_count()
-    except ValueError as e:
-        log.error("%s", e)
-        return 2
     ts = TorchServeProcess(
         model_dir,
         args.used_model,
@@ -149,46 +85,55 @@ def main(args: argparse.Namespace) -> int:
         torch_threads=plan.threads,
         workers=plan.workers,
         always_free_ports=os.environ.get("SIMSIAM_TS_PORTS") == "free",  # tests: never collide with a live server
-        reserved_ports=frozenset({args.service_port}),  # free now, bound by the proxy once TorchServe runs
+        reserved_ports=frozenset({args.service_port}),  # free now, bound by nginx
     )
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _raise_stop)
+    nginx: Nginx | None = None
     try:
         ts.start()
         cfg = ts.config
-
-        def on_ready() -> None:
-            log.info(
-                "model %s ready on %s (%d workers, %d torch threads each; %d proxy processes); "
-                "API: http://%s:%d/autotable/predict; "
-                "TorchServe (loopback only): inference %s, management %s, metrics %s/metrics",
-                args.used_model,
-                device,
-                plan.workers,
-                plan.threads,
-                proxies,
-                args.host,
-                args.service_port,
-                cfg.inference_url,
-                cfg.management_url,
-                cfg.metrics_url,
+        nginx = Nginx(ts.run_dir, args.host, args.service_port, args.used_model)
+        nginx.start()
+        (ts.run_dir / SERVICE_FILE).write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "model": args.used_model,
+                    "management": cfg.management_url,
+                    "store": str(ts.run_dir / "model-store"),
+                    "key_file": str(ts.key_file),
+                }
             )
-
-        app = create_app(cfg.inference_url, cfg.management_url, args.used_model)
+        )
         start_timeout = float(os.environ.get("SIMSIAM_TS_START_TIMEOUT", "300"))
-        import uvloop  # libuv's event loop: less CPU per request than asyncio's own
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(_serve(app, args.host, args.service_port, ts, start_timeout, on_ready, proxies))
-    except _Stop as e:
-        log.info("%s: stopping", e)
+        try:
+            ts.wait_ready(start_timeout, stop.is_set)
+        except TorchServeCancelled:
+            return 0
+        host = cfg.inference_url.split("//", 1)[1]
+        nginx.ready(host, ts.keys()["inference"])
+        log.info(
+            "model %s ready on %s (%d workers, %d torch threads each); API: http://%s:%d/autotable/predict; "
+            "TorchServe (loopback only, token authorization: %s): inference %s, management %s, metrics %s/metrics",
+            args.used_model, device, plan.workers, plan.threads, args.host, args.service_port, ts.key_file,
+            cfg.inference_url, cfg.management_url, cfg.metrics_url,
+        )  # fmt: skip
+        while not stop.wait(0.5):
+            if ts.poll() is not None:
+                log.error("TorchServe exited unexpectedly; stopping the service. Its last lines:\n%s", ts.tail())
+                return 1
+            if nginx.poll() is not None:
+                log.error("nginx exited unexpectedly (code %s); stopping the service", nginx.poll())
+                return 1
         return 0
-    except TorchServeError as e:
+    except (TorchServeError, RuntimeError, OSError) as e:
         log.error("%s", e)
         return 1
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not interrupt the clean-up
             signal.signal(sig, lambda *_: log.warning("already stopping"))
+        if nginx is not None:
+            nginx.stop()  # first: requests in flight finish while TorchServe still runs
+            log.info("nginx stopped")
         ts.stop()
         log.info("TorchServe stopped")
 

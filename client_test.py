@@ -19,6 +19,13 @@ from jobs.cli import add_model_folder, job_parser, report, run_job, setup_loggin
 def get_args_parser() -> argparse.ArgumentParser:
     p = job_parser(__doc__, "dataset root; its test/images/<class>/ split is scored")
     add_model_folder(p)
+    p.add_argument(
+        "--model_format",
+        choices=("torchscript", "export", "onnx"),
+        default="torchscript",
+        help="which of the model folder's files scores: model.pt (TorchScript, what TorchServe serves), model.pt2 "
+        "(torch.export) or model.onnx (ONNX Runtime); the same classifier (default: %(default)s)",
+    )
     return p
 
 
@@ -44,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
 
     runs = Path(args.runs_dir)
     code, result = run_job(
-        lambda: run(TestJob(dataset, model, resolve_device(args.device), runs)),
+        lambda: run(TestJob(dataset, model, resolve_device(args.device), runs, args.model_format)),
         (DatasetError, ModelFolderError, OutputError, DeviceError),
         runs,
         "output folder",

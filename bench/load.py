@@ -57,29 +57,38 @@ def check_loopback(url: str) -> None:
         raise SystemExit(f"refusing to load {host}: this generator only targets loopback addresses")
 
 
-def request_bytes(url: str, body: bytes, direct: bool) -> bytes:
+def request_bytes(url: str, body: bytes, direct: bool, headers: dict[str, str] | None = None) -> bytes:
     """One keep-alive POST, built once: the product's JSON (base64) or TorchServe's raw bytes."""
     u = urlparse(url)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     if direct:
         payload, ctype = body, "application/octet-stream"
     else:
         doc = {"content": base64.b64encode(body).decode(), "need_visual_data": True, "need_visual_result": True}
         payload, ctype = json.dumps(doc).encode(), "application/json"
     head = (
-        f"POST {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: {ctype}\r\nContent-Length: {len(payload)}\r\n\r\n"
+        f"POST {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: {ctype}\r\nContent-Length: {len(payload)}\r\n"
+        f"{extra}\r\n"
     )
     return head.encode() + payload
 
 
 async def run_load(
-    url: str, body: bytes, direct: bool, concurrency: int, duration: float, max_requests: int, timeout: float = 60.0
+    url: str,
+    body: bytes,
+    direct: bool,
+    concurrency: int,
+    duration: float,
+    max_requests: int,
+    timeout: float = 60.0,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
     """N keep-alive connections on raw asyncio streams, each sending the same prebuilt request and reading its
     Content-Length answer: the generator's own CPU per request is a few tens of microseconds, the same for both
     paths (an HTTP client library would share the 2 cores with the service and blur the comparison)."""
     check_loopback(url)
     u = urlparse(url)
-    request = request_bytes(url, body, direct)
+    request = request_bytes(url, body, direct, headers)
     result = LoadResult()
     sent = 0
     deadline = time.monotonic() + duration

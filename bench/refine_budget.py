@@ -22,8 +22,6 @@ The table prints each seed, then mean and spread (max - min), and the difference
 --chain N repeats the job N times per seed, as a user who runs a batch job again and again: (a)'s job k starts
 from job k-1's model folder (`init`: its SimSiam checkpoint), and (b') -- the labels-only user's chain -- starts
 job k's supervised training from job k-1's refined encoder. Job 1 is (a) and (b) from random init.
---warm refined starts (a)'s job k from job k-1's refined encoder instead (with its pretrained projector and
-predictor), to measure which of the two a model folder's init should carry.
 """
 
 from __future__ import annotations
@@ -50,7 +48,6 @@ from handler.eval_preset import EvalPreset
 from jobs.device import resolve_device
 from training.backbone import build_backbone
 from training.finetune import accuracy
-from training.init import refined_encoder
 from training.model import SimSiam
 from training.refine import predict
 from training.settings import build_settings
@@ -109,17 +106,6 @@ def probe_of(model: Path, dataset: Path, preset: EvalPreset) -> float:
     return test_accuracy(backbone, head, dataset, valid.classes, preset)
 
 
-def refined_checkpoint(model: Path, runs: Path) -> Path:
-    """A copy of `model`'s SimSiam checkpoint whose encoder is the refined one (model.pt): projector and predictor
-    from pretraining, encoder after the labels."""
-    (ckpt,) = (model / "checkpoints").glob("*.ckpt")
-    blob = torch.load(ckpt, map_location="cpu", weights_only=False)
-    blob["state_dict"].update(refined_encoder(model))  # init's check names any key that does not fit
-    out = runs / "refined.ckpt"
-    torch.save(blob, out)
-    return out
-
-
 def from_scratch(
     dataset: Path, settings: dict, seed: int, device: str = "cpu", start: torch.nn.Module | None = None
 ) -> tuple[float, float, int, torch.nn.Module]:
@@ -154,13 +140,6 @@ def main() -> None:
     p.add_argument("--no_scratch", action="store_true", help="skip (b), e.g. when only the split changes")
     p.add_argument("--keep_runs", type=Path, default=None, help="keep (a)'s runs here (<dir>/seed<N>/job<K>)")
     p.add_argument("--chain", type=int, default=1, help="jobs per seed, each from the previous one (default 1)")
-    p.add_argument(
-        "--warm",
-        choices=["checkpoint", "refined"],
-        default="checkpoint",
-        help="what (a)'s job k starts from: job k-1's model folder (its SimSiam checkpoint, the product's init), "
-        "or that checkpoint with its encoder replaced by the refined one from model.pt (default checkpoint)",
-    )
     a = p.parse_args()
     preset = EvalPreset(input_size=a.input_size)
     train, valid, test = BENCH_SIZES.get(a.dataset, (None, None, None))
@@ -190,7 +169,7 @@ def main() -> None:
                 took = trial["train_consuming"]["SimSiam"]
                 acc_c = probe_of(model, dataset, preset)
                 print(f"seed {seed} job {job}: (a) {acc_a:.4f}  (c) {acc_c:.4f}  [{time.monotonic() - t:.0f} s]")
-                init = str(model) if a.warm == "checkpoint" else str(refined_checkpoint(model, runs))
+                init = str(model)  # its SimSiam checkpoint: the product's init
                 t = time.monotonic()
                 if a.no_scratch:  # (b) does not depend on the split: take it from a run at the same budget and seed
                     held_b, acc_b, epochs_b = math.nan, math.nan, 0

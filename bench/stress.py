@@ -16,7 +16,6 @@ The building blocks are reused by tests/serving/test_faults.py and tests/serving
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import io
 import json
@@ -31,7 +30,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import numpy as np
 import psutil
 import requests
@@ -69,8 +67,10 @@ class Record:
 class Stream:
     """`with Stream(url, image, clients) as s:` N closed-loop clients post `image` until the block ends.
 
-    They run on an asyncio loop in a background thread, so the caller is free to kill, switch and measure.
-    Bounded by `max_requests` and `max_seconds` as well as by the block.
+    Each client is a thread with its own keep-alive session, so the caller is free to kill, switch and measure.
+    Bounded by `max_requests` and `max_seconds` as well as by the block. Every request sent leaves a record --
+    whatever goes wrong in a client is recorded as a failure (status 0) -- and `lost()` counts the ones that
+    did not, so a test can check that none was.
     """
 
     url: str
@@ -86,46 +86,64 @@ class Stream:
         self.max_requests = min(self.max_requests, MAX_REQUESTS)
         self.max_seconds = min(self.max_seconds, MAX_SECONDS)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="stream", daemon=True)
-        self._sent = 0
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.sent = 0
         self.started = self.stopped = 0.0
 
     def __enter__(self) -> Stream:
+        import base64
+
+        body = json.dumps({"content": base64.b64encode(self.image).decode(), "need_visual_data": True,
+                           "need_visual_result": True}).encode()  # fmt: skip
         self.started = time.monotonic()
-        self._thread.start()
+        deadline = self.started + self.max_seconds
+        self._threads = [
+            threading.Thread(target=self._client, args=(body, deadline), name=f"client-{i}", daemon=True)
+            for i in range(self.clients)
+        ]
+        for t in self._threads:
+            t.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(self.timeout + 10)
+        for t in self._threads:
+            t.join(self.timeout + 10)
         self.stopped = time.monotonic()
 
-    async def _run(self) -> None:
-        import base64
+    def lost(self) -> int:
+        """Requests sent that left no record (a client that died with one in flight): must be 0."""
+        return self.sent - len(self.records) + sum(t.is_alive() for t in self._threads)
 
-        body = {"content": base64.b64encode(self.image).decode(), "need_visual_data": True, "need_visual_result": True}
-        limits = httpx.Limits(max_connections=self.clients, max_keepalive_connections=self.clients)
-        deadline = time.monotonic() + self.max_seconds
-        async with httpx.AsyncClient(timeout=self.timeout, limits=limits) as http:
-            await asyncio.gather(*(self._client(http, body, deadline) for _ in range(self.clients)))
+    def _take(self) -> bool:
+        with self._lock:
+            if self._stop.is_set() or self.sent >= self.max_requests:
+                return False
+            self.sent += 1
+            return True
 
-    async def _client(self, http: httpx.AsyncClient, body: dict, deadline: float) -> None:
-        while not self._stop.is_set() and self._sent < self.max_requests and time.monotonic() < deadline:
-            self._sent += 1
-            t0 = time.monotonic()
-            try:
-                r = await http.post(self.url, json=body)
-            except httpx.HTTPError as e:
-                self.records.append(Record(t0, time.monotonic(), 0, None, f"{type(e).__name__}: {e}"))
-                continue
-            code, msg = None, ""
-            if r.status_code != 200:  # keep what a failure said; successes only count
+    def _client(self, body: bytes, deadline: float) -> None:
+        with requests.Session() as http:
+            while time.monotonic() < deadline and self._take():
+                t0 = time.monotonic()
                 try:
-                    envelope = r.json()
-                    code, msg = envelope["code"], envelope["msg"] if envelope["data"] == [] else "data not []"
-                except (ValueError, KeyError, TypeError):
-                    msg = r.text[:300]
-            self.records.append(Record(t0, time.monotonic(), r.status_code, code, msg))
+                    self.records.append(self._one(http, body, t0))
+                except Exception as e:
+                    self.records.append(Record(t0, time.monotonic(), 0, None, f"{type(e).__name__}: {e}"))
+
+    def _one(self, http: requests.Session, body: bytes, t0: float) -> Record:
+        r = http.post(self.url, data=body, headers={"Content-Type": "application/json"}, timeout=self.timeout)
+        code, msg = None, ""
+        if r.status_code != 200:  # keep what a failure said; successes only count
+            try:
+                envelope = r.json()
+                code, msg = envelope["code"], envelope["msg"] if envelope["data"] == [] else "data not []"
+            except (ValueError, KeyError, TypeError):
+                msg = r.text[:300]
+        elif r.json()["code"] != 200 or not r.json()["data"]:
+            return Record(t0, time.monotonic(), 0, None, f"a 200 without predictions: {r.text[:300]}")
+        return Record(t0, time.monotonic(), r.status_code, code, msg)
 
     def failures(self) -> list[Record]:
         return [r for r in self.records if r.status != 200]
@@ -146,13 +164,14 @@ class Stream:
 
 
 def family(pid: int) -> dict[str, list[psutil.Process]]:
-    """client_infer.py's processes by role: the proxy itself, TorchServe's Java frontend, its model workers."""
-    proxy = psutil.Process(pid)
-    children = proxy.children(recursive=True)
-    roles: dict[str, list[psutil.Process]] = {"proxy": [proxy], "frontend": [], "workers": []}
+    """client_infer.py's processes by role: nginx (the front door), TorchServe's Java frontend, its model workers."""
+    children = psutil.Process(pid).children(recursive=True)
+    roles: dict[str, list[psutil.Process]] = {"nginx": [], "frontend": [], "workers": []}
     for p in children:
         with contextlib.suppress(psutil.Error):
-            if p.name().startswith("java"):
+            if p.name() == "nginx":
+                roles["nginx"].append(p)
+            elif p.name().startswith("java"):
                 roles["frontend"].append(p)
             elif "model_service_worker" in " ".join(p.cmdline()):
                 roles["workers"].append(p)
@@ -160,7 +179,7 @@ def family(pid: int) -> dict[str, list[psutil.Process]]:
 
 
 def rss_mib(pid: int) -> dict[str, float]:
-    """RSS in MiB of the proxy, the frontend, the workers and TorchServe as a whole (frontend + workers)."""
+    """RSS in MiB of nginx, the frontend, the workers and TorchServe as a whole (frontend + workers)."""
     out: dict[str, float] = {}
     for role, procs in family(pid).items():
         total = 0
@@ -230,7 +249,7 @@ def growth(before: dict[str, float], after: dict[str, float], role: str) -> floa
 def report(stream: Stream, kill: tuple[float, float, bool] | None, switch_s: float | None, mem: tuple) -> bool:
     """Print the figures; True when the run met the promises (see the module docstring)."""
     result, failures = stream.result(), stream.failures()
-    print(result.summary("proxy under stress"))
+    print(result.summary("front door under stress"))
     ok = True
     in_flight: list[Record] = []
     if kill is not None:
@@ -251,10 +270,13 @@ def report(stream: Stream, kill: tuple[float, float, bool] | None, switch_s: flo
     if switch_s is not None:
         print(f"version switch (register 2.0, set-default, retire 1.0) took {switch_s:.1f} s under load")
     before, after = mem
-    for role in ("proxy", "frontend", "workers", "torchserve"):
+    if stream.lost():
+        print(f"FAIL: {stream.lost()} requests were lost by their clients")
+        ok = False
+    for role in ("nginx", "frontend", "workers", "torchserve"):
         g = growth(before, after, role)
         print(f"RSS {role:<10} {before[role]:7.0f} -> {after[role]:7.0f} MiB ({g:+.1%})")
-    for role in ("proxy", "torchserve"):
+    for role in ("nginx", "torchserve"):
         if growth(before, after, role) >= 0.10:
             print(f"FAIL: {role} memory grew by 10 % or more")
             ok = False

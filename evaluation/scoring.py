@@ -13,7 +13,6 @@ import logging
 import os
 import time
 import unicodedata
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +23,8 @@ from dataset.reader import DatasetError, LabelledSplit, Skipped, read_labelled
 from evaluation.confusion_plot import plot_confusion_matrix
 from evaluation.features import run_frozen
 from export.model_folder import ModelFolder, ModelFolderError
+from export.portable import FORMATS
+from export.portable import load_model as load_portable
 from handler.eval_preset import EvalPreset
 from jobs.outputs import RunFolder, atomic_write_json, round4
 
@@ -40,6 +41,7 @@ class TestJob:
     model: ModelFolder
     device: torch.device
     runs_dir: Path
+    model_format: str = "torchscript"  # or "export" (model.pt2), "onnx" (model.onnx): export/portable.py
 
 
 def run(job: TestJob) -> tuple[dict, dict]:
@@ -47,10 +49,12 @@ def run(job: TestJob) -> tuple[dict, dict]:
     t0 = time.monotonic()
     split = read_labelled(job.dataset, "test", classes=job.model.classes)  # data errors before loading a model
     preset = EvalPreset.load(job.model.preset_file)
-    rows, skipped = score(load_model(job.model, job.device), split, preset, job.device)
+    rows, skipped = score(load_model(job.model, job.device, job.model_format), split, preset, job.device)
     evaluation = {
         "model_path": str(job.model.path),
         "used_model": job.model.model_name,
+        "model_format": job.model_format,
+        "model_file": FORMATS[job.model_format],
         "dataset_path": str(job.dataset.resolve()),
         "split": "test",
         "device": str(job.device),
@@ -83,18 +87,23 @@ def run(job: TestJob) -> tuple[dict, dict]:
     return trial, evaluation
 
 
-def load_model(model: ModelFolder, device: torch.device) -> torch.jit.ScriptModule:
+def load_model(model: ModelFolder, device: torch.device, model_format: str = "torchscript") -> torch.nn.Module:
+    """The folder's classifier in `model_format`; TorchScript through the handler's own loader, so offline and
+    served answers come from the same frozen module."""
+    path = model.path / FORMATS[model_format]
+    if not path.is_file():
+        raise ModelFolderError(
+            f"{model.path} holds no {path.name} (--model_format {model_format}): it was trained by an older "
+            "release; use --model_format torchscript, or train again"
+        )
     try:
-        with warnings.catch_warnings():
-            # "torch.jit.load is deprecated": TorchServe serves this TorchScript file, so we score the same one.
-            warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.load(str(model.model_file), map_location=device).eval()
-    except (RuntimeError, OSError, ValueError) as e:
-        raise ModelFolderError(f"cannot load {model.model_file} as TorchScript ({e}); train the model again") from e
+        return load_portable(path, model_format, device)
+    except Exception as e:  # each runtime has its own error types; all mean the same to the user
+        raise ModelFolderError(f"cannot load {path} as {model_format} ({e}); train the model again") from e
 
 
 def score(
-    model: torch.jit.ScriptModule, split: LabelledSplit, preset: EvalPreset, device: torch.device
+    model: torch.nn.Module, split: LabelledSplit, preset: EvalPreset, device: torch.device
 ) -> tuple[list[dict], Skipped]:
     """One row per readable image: path (relative to test/images), true and predicted class, top-1 softmax."""
     n = len(split.paths)

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 HANDLER_DIR = REPO / "handler"
 HANDLER = HANDLER_DIR / "simsiam_handler.py"
 # Files the handler imports, flat beside it inside the .mar.
-HANDLER_EXTRAS = [HANDLER_DIR / "eval_preset.py", HANDLER_DIR / "worker_threads.py"]
+HANDLER_EXTRAS = [HANDLER_DIR / f"{name}.py" for name in ("api", "classifier", "eval_preset", "worker_threads")]
 
 MODEL_FILE = "model.pt"
 CLASSES_FILE = "index_to_name.json"

@@ -1,15 +1,14 @@
-"""TorchServe handler: image bytes -> shared eval preset -> batched TorchScript forward -> top-1.
+"""TorchServe handler: the product's predict request -> shared eval preset -> batched forward -> the envelope.
 
-A list of N requests in, a list of N results out. A request whose bytes are not a readable image
-gets its own 400 (through the context's per-request status) and `{"error": ...}`; the rest of the
-batch is answered normally.
+A list of N requests in, a list of N envelopes out (SPEC.md, "POST /autotable/predict"); a request may carry
+several images, and every image of the batch goes through one forward pass. A request that is bad in any way gets
+its own 400 envelope through the context's per-request status; the rest of the batch is answered normally.
+TorchServe is touched only here (BaseHandler, the context); parsing and the envelope live in api.py.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
+import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -18,18 +17,43 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 try:  # inside the .mar the helpers sit flat beside this file
+    from api import (
+        API_CONTENT_TYPE,
+        API_ROUTE,
+        ApiError,
+        PredictInput,
+        decode_error,
+        envelope,
+        prediction,
+        read_image_body,
+        read_predict_request,
+    )
+    from classifier import load_classifier
     from eval_preset import EvalPreset, ImageDecodeError, load_for_eval
     from worker_threads import torch_threads
-except ImportError:  # in the repository (tests, client_test.py)
+except ImportError:  # in the repository (tests)
+    from handler.api import (
+        API_CONTENT_TYPE,
+        API_ROUTE,
+        ApiError,
+        PredictInput,
+        decode_error,
+        envelope,
+        prediction,
+        read_image_body,
+        read_predict_request,
+    )
+    from handler.classifier import load_classifier
     from handler.eval_preset import EvalPreset, ImageDecodeError, load_for_eval
     from handler.worker_threads import torch_threads
 
 log = logging.getLogger(__name__)
+JSON = "application/json"
 
 
 class SimSiamHandler(BaseHandler):
     def initialize(self, context) -> None:
-        super().initialize(context)  # loads model.pt (TorchScript) and index_to_name.json
+        super().initialize(context)  # loads model.pt through _load_torchscript_model, and index_to_name.json
         model_dir = context.system_properties["model_dir"]
         self.preset = EvalPreset.load(os.path.join(model_dir, "preprocess.json"))
         self.classes = [self.mapping[str(i)] for i in range(len(self.mapping))]
@@ -39,67 +63,90 @@ class SimSiamHandler(BaseHandler):
         # A batch's images are decoded in parallel (PIL releases the GIL while it decodes): one after another they
         # kept all but one core idle between forward passes.
         self.decoders = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="decode")
-        log.info(
-            "SimSiam handler ready: %d classes, input %d, %d threads",
-            len(self.classes),
-            self.preset.input_size,
-            torch.get_num_threads(),
-        )
+        model = (getattr(context, "manifest", None) or {}).get("model") or {}
+        self.identity = {"model": model.get("modelName"), "version": model.get("modelVersion")}
+        log.info("SimSiam handler ready: %d classes, input %d, %d threads", len(self.classes),
+                 self.preset.input_size, torch.get_num_threads())  # fmt: skip
 
-    # BaseHandler.handle runs preprocess -> inference -> postprocess and records HandlerTime; a request's decode
-    # error travels beside the batch as (batch, errors) so that one bad image fails only its own row.
-    def preprocess(self, data: list[dict]) -> tuple[torch.Tensor | None, list[str | None]]:
-        rows = list(self.decoders.map(self._load, data)) if len(data) > 1 else [self._load(data[0])]
-        tensors = [r for r in rows if isinstance(r, torch.Tensor)]
-        errors = [None if isinstance(r, torch.Tensor) else r for r in rows]
-        batch = torch.stack(tensors) if tensors else None
-        return batch, errors
+    def _load_torchscript_model(self, model_pt_path: str) -> torch.jit.ScriptModule:
+        return load_classifier(model_pt_path, self.device)
 
-    def _load(self, row: dict) -> torch.Tensor | str:
-        """The row's image through the eval preset, or why it cannot be read."""
+    # BaseHandler.handle runs preprocess -> inference -> postprocess and records HandlerTime. Each row travels as
+    # a PredictInput, a health question (None) or the ApiError that answers it.
+    def preprocess(self, data: list[dict]) -> tuple[list[PredictInput | ApiError | None], torch.Tensor | None]:
+        rows = [self._read(i, row) for i, row in enumerate(data)]
+        jobs = [(i, k, image) for i, r in enumerate(rows) if isinstance(r, PredictInput) for k, image in
+                enumerate(r.images)]  # fmt: skip
+        loaded = list(self.decoders.map(self._load, jobs)) if len(jobs) > 1 else [self._load(j) for j in jobs]
+        tensors = []
+        for (i, k, _), t in zip(jobs, loaded):
+            if isinstance(rows[i], ApiError):
+                continue  # an earlier image of the request failed
+            if isinstance(t, str):
+                rows[i] = decode_error("content" if len(rows[i].images) == 1 else f"content[{k}]", t)
+            else:
+                tensors.append((i, t))
+        tensors = [t for i, t in tensors if isinstance(rows[i], PredictInput)]
+        return rows, torch.stack(tensors) if tensors else None
+
+    def _read(self, i: int, row: dict) -> PredictInput | ApiError | None:
+        route = self._header(i, API_ROUTE)
+        if route == "health":
+            return None
+        body = row.get("data") if row.get("data") is not None else row.get("body")
+        if isinstance(body, str):
+            body = body.encode()
+        if not isinstance(body, (bytes, bytearray)):  # TorchServe decoded a JSON body itself: not from nginx
+            return ApiError(400, "send the image with Content-Type application/octet-stream (the file's bytes)")
         try:
-            return load_for_eval(_payload(row), self.preset)
+            if route == "predict":
+                return read_predict_request(bytes(body), self._header(i, API_CONTENT_TYPE) or "")
+            return read_image_body(bytes(body))
+        except ApiError as e:
+            return e
+
+    def _status(self, i: int, code: int) -> None:
+        """Request i's HTTP status and type (TorchServe's Context; a unit test's MockContext may lack them)."""
+        if hasattr(self.context, "set_response_status"):
+            self.context.set_response_status(code, "OK" if code == 200 else "Bad Request", i)
+        if hasattr(self.context, "set_response_content_type"):
+            self.context.set_response_content_type(i, JSON)
+
+    def _header(self, i: int, name: str) -> str | None:
+        get = getattr(self.context, "get_request_header", None)
+        return None if get is None else get(i, name)
+
+    def _load(self, job: tuple[int, int, bytes]) -> torch.Tensor | str:
+        """The image through the eval preset, or why it cannot be read."""
+        try:
+            return load_for_eval(job[2], self.preset)
         except (ImageDecodeError, ValueError) as e:
             return str(e)
 
-    def inference(
-        self, data: tuple[torch.Tensor | None, list[str | None]], *args, **kwargs
-    ) -> tuple[torch.Tensor | None, list[str | None]]:
-        batch, errors = data
+    def inference(self, data, *args, **kwargs) -> tuple[list[PredictInput | ApiError | None], torch.Tensor | None]:
+        rows, batch = data
         if batch is None:
-            return None, errors
+            return rows, None
         with torch.inference_mode():
-            return torch.softmax(self.model(batch.to(self.device)).float(), dim=1).cpu(), errors
+            return rows, torch.softmax(self.model(batch.to(self.device)).float(), dim=1).cpu()
 
-    def postprocess(self, data: tuple[torch.Tensor | None, list[str | None]]) -> list[dict]:
-        probs, errors = data
+    def postprocess(self, data: tuple[list[PredictInput | ApiError | None], torch.Tensor | None]) -> list[str | dict]:
+        """The envelope as JSON text for nginx's route; as a dict for a direct client, so that an envelope of
+        TorchServe's own (KServe's v1 `predictions`) holds it as an object."""
+        rows, probs = data
+        top = probs.max(dim=1) if probs is not None else None
         out, j = [], 0
-        for i, err in enumerate(errors):
-            if err is not None:
-                self._reject(i, err)
-                out.append({"error": err})
-                continue
-            p, k = probs[j].max(0)
-            j += 1
-            out.append({"class": self.classes[int(k)], "index": int(k), "probability": float(p)})
-        return out
-
-    def _reject(self, i: int, err: str) -> None:
-        if self.context is None or not hasattr(self.context, "set_response_status"):
-            return
-        # An envelope (KServe) may pack several instances into one request: then the error stays in its row.
-        with contextlib.suppress(IndexError, TypeError):
-            self.context.set_response_status(400, err, idx=i)
-
-
-def _payload(row: dict) -> bytes:
-    """The request's image bytes: raw bytes, or base64 text for direct TorchServe JSON clients."""
-    body = row.get("data") if row.get("data") is not None else row.get("body")
-    if isinstance(body, (bytes, bytearray)):
-        return bytes(body)
-    if isinstance(body, str):
-        try:
-            return base64.b64decode(body.split(",", 1)[-1], validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise ValueError(f"the request body is text but not base64: {e}") from e
-    raise ValueError("the request carries no image bytes; send the image file's bytes as the body")
+        for i, row in enumerate(rows):
+            self._status(i, row.code if isinstance(row, ApiError) else 200)
+            if row is None:
+                out.append(envelope(200, "ok", [self.identity]))
+            elif isinstance(row, ApiError):
+                out.append(envelope(row.code, row.msg))
+            else:
+                n = len(row.images)
+                p, k = top.values[j : j + n].tolist(), top.indices[j : j + n].tolist()
+                j += n
+                items = [prediction(self.classes[c], q, row.need_visual_data, row.need_visual_result)
+                         for q, c in zip(p, k)]  # fmt: skip
+                out.append(envelope(200, "ok", items))
+        return [r if self._header(i, API_ROUTE) else json.loads(r) for i, r in enumerate(out)]

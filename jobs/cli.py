@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import signal
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -68,7 +70,20 @@ def setup_logging(name: str | None = None) -> logging.Logger:
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_library_notes()
     return logging.getLogger(name)
+
+
+def quiet_library_notes() -> None:
+    """A user's console shows what the user can act on. Two lines of the pinned libraries are notes to their
+    callers, not to a user: Lightning's advertisement for its cloud logger, and its own use of a torch pytree API
+    that torch deprecated (`pytorch_lightning/utilities/_pytree.py`). The product's own TorchScript
+    warnings are silenced where it calls torch.jit (export/torchscript.py, handler/classifier.py)."""
+    leaf_spec = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+    warnings.filterwarnings("ignore", message=leaf_spec, category=FutureWarning)
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡 Tip")
+    )
 
 
 def run_job(
@@ -98,10 +113,23 @@ def report(written: dict[str, str], runs_dir: Path) -> int:
 
 
 def job_failure(e: BaseException, runs_dir: Path, folder: str, log: logging.Logger) -> int:
-    """Exit code for Ctrl-C or a full disk (logged with what was kept); anything else is a bug and is re-raised."""
-    if isinstance(e, KeyboardInterrupt):
-        log.error("interrupted: no %s was committed and trial.txt was not changed", folder)
-        return 130
+    """Exit code for a stop or a full disk (logged with what was kept); anything else is a bug and is re-raised.
+
+    A stop exits as a shell reports a signal, 128 + its number: 130 for SIGINT (Ctrl-C), 143 for SIGTERM (a
+    platform's preemption), in every stage -- Lightning turns the KeyboardInterrupt of a stop during `fit` into
+    `exit(1)` after its own clean-up, so the signal recorded by jobs/stop.py decides, not the exception's type.
+    """
+    from jobs import stop
+
+    signum = stop.requested()
+    if isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and signum is not None):
+        signum = signum or signal.SIGINT
+        log.error(
+            "interrupted (%s): no %s was committed and trial.txt was not changed",
+            signal.Signals(signum).name,
+            folder,
+        )
+        return 128 + signum
     # A full disk (or quota, or file-size limit) fails some write deep in torch, Lightning or zipfile.
     err = no_room(e, runs_dir.resolve())
     if err is None:

@@ -24,6 +24,11 @@ def request(signum: int, frame: FrameType | None = None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def requested() -> int | None:
+    """The stop signal received (SIGINT or SIGTERM), or None."""
+    return _requested
+
+
 def check() -> None:
     """Raise KeyboardInterrupt if a stop was requested: called between steps, where nothing can swallow it."""
     if _requested is not None:

@@ -39,15 +39,6 @@ NEED = {
     "pytest": "pytest",
     "pytest_timeout": "pytest-timeout",
     "hypothesis": "hypothesis",
-    # the proxy (bench/serve_bench.py, where Java runs TorchServe)
-    "fastapi": "fastapi==0.163.2",
-    "uvicorn": "uvicorn==0.54.0",
-    "multipart": "python-multipart==0.0.34",
-    "httptools": "httptools==0.9.0",
-    "uvloop": "uvloop==0.23.0",
-    "aiohttp": "aiohttp==3.14.5",
-    "pybase64": "pybase64==1.5.1",
-    "httpx": "httpx==0.28.1",
 }
 
 

@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# Idempotent set-up for a fresh machine: Java 17 (TorchServe), .venv with the pinned packages.
+# Idempotent set-up for a fresh machine: Java 17 (TorchServe), nginx (the front door), .venv with the pinned packages.
 # Re-running is cheap: packages are reinstalled only when requirements.txt changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [ "$(id -u)" = "0" ]; then SUDO=""; else SUDO="sudo"; fi
+apt_updated=""
+apt_install() {
+  [ -n "$apt_updated" ] || { $SUDO apt-get update -qq; apt_updated=1; }
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
 java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1; }
 if ! command -v java >/dev/null 2>&1 || [ "$(java_major)" != "17" ]; then
   echo "setup: installing Java 17 for TorchServe"
-  if [ "$(id -u)" = "0" ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+  apt_install openjdk-17-jre-headless
+fi
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  echo "setup: installing nginx (the serving front door)"
+  apt_install nginx-light
 fi
 
 PY=${PYTHON:-python3.11}

@@ -19,13 +19,28 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import psutil
+import requests
 from PIL import Image
 
 from serving.ts_config import TorchServeConfig, write_run_config
 
 log = logging.getLogger(__name__)
+
+
+KEY_FILE = "key_file.json"
+
+
+def read_keys(path: Path) -> dict[str, str]:
+    """The keys of TorchServe's key_file.json: {"management": ..., "inference": ..., "API": ...}."""
+    import json
+
+    data = json.loads(path.read_text())
+    return {kind: entry["key"] for kind, entry in data.items() if isinstance(entry, dict) and "key" in entry}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 class TorchServeError(RuntimeError):
@@ -102,6 +117,7 @@ class TorchServeProcess:
             num_gpus=0 if self.gpu_index is None else 1,
             always_free_ports=self.always_free_ports,
             reserved=self.reserved_ports,
+            model=(self.model_name, self.mar.name),
         )
         env = dict(os.environ)
         env.pop("TS_CONFIG_FILE", None)  # it would override --ts-config
@@ -122,8 +138,6 @@ class TorchServeProcess:
             "--ncs",
             "--model-store",
             str(store),
-            "--models",
-            f"{self.model_name}={self.mar.name}",
             "--ts-config",
             str(self.config.path),
         ]
@@ -174,8 +188,19 @@ class TorchServeProcess:
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
+    @property
+    def key_file(self) -> Path:
+        """TorchServe's token file (management, inference and API keys), written into its working folder."""
+        assert self.run_dir is not None
+        return self.run_dir / KEY_FILE
+
+    def keys(self) -> dict[str, str]:
+        """{"management": key, "inference": key, "API": key}; mode 0600 from the first read on."""
+        os.chmod(self.key_file, 0o600)
+        return read_keys(self.key_file)
+
     def wait_ready(self, timeout: float = 300.0, cancelled: Callable[[], bool] = lambda: False) -> None:
-        """Block until a worker is READY and a real prediction succeeds; TorchServeError if it cannot happen.
+        """Block until the planned workers are READY and a real prediction succeeds; TorchServeError if it cannot.
 
         `cancelled`: polled twice a second; True stops the wait with TorchServeCancelled (the service is stopping).
         """
@@ -184,7 +209,8 @@ class TorchServeProcess:
         predict = f"{self.config.inference_url}/predictions/{self.model_name}"
         image, last = probe_image(), "no answer yet"
         deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=10.0) as http:
+        scaled = self.workers <= 1
+        with requests.Session() as http:
             while True:
                 if cancelled():
                     raise TorchServeCancelled("stopped while the model was loading")
@@ -195,32 +221,31 @@ class TorchServeProcess:
                 if len(self._load_failures) >= 2:  # twice: not a passing hiccup
                     raise TorchServeError(f"{self.mar.name} cannot be loaded: {self._load_failures[-1]}")
                 try:
-                    r = http.get(describe)
+                    if not self.key_file.exists():
+                        raise FileNotFoundError(f"no {KEY_FILE} yet")
+                    keys = self.keys()
+                    r = http.get(describe, headers=bearer(keys["management"]), timeout=10)
                     if r.status_code == 404:  # models are registered before the API opens: this one failed
                         raise TorchServeError(f"TorchServe did not register {self.mar}:\n{self.tail()}")
                     workers = r.json()[0].get("workers", []) if r.status_code == 200 else []
-                    if any(w.get("status") == "READY" for w in workers):
-                        p = http.post(predict, content=image, headers={"Content-Type": "application/octet-stream"})
+                    if r.status_code == 200 and not scaled and len(workers) < self.workers:
+                        # The serving plan's worker count (the .mar's model-config starts one): asked for without
+                        # waiting, so this loop stays the one place that waits, and a stop never waits on it.
+                        params = {"min_worker": self.workers, "max_worker": self.workers, "synchronous": "false"}
+                        scaled = http.put(describe, params=params, headers=bearer(keys["management"]), timeout=10).ok
+                    if sum(w.get("status") == "READY" for w in workers) >= self.workers:
+                        octet = {"Content-Type": "application/octet-stream", **bearer(keys["inference"])}
+                        p = http.post(predict, data=image, headers=octet, timeout=60)
                         if p.status_code == 200:
-                            self._scale(http, describe)
                             return
                         last = f"probe prediction answered {p.status_code}: {p.text[:300]}"
                     else:
-                        last = f"no READY worker yet ({[w.get('status') for w in workers]})"
-                except httpx.HTTPError as e:
+                        last = f"{self.workers} workers not READY yet ({[w.get('status') for w in workers]})"
+                except (requests.RequestException, FileNotFoundError, ValueError, KeyError) as e:
                     last = f"{type(e).__name__}: {e}"
                 if time.monotonic() > deadline:
                     raise TorchServeError(f"the model was not ready after {timeout:.0f} s ({last}):\n{self.tail()}")
                 time.sleep(0.5)
-
-    def _scale(self, http: httpx.Client, describe: str) -> None:
-        """The serving plan's worker count (the .mar starts one), before the service says it is ready."""
-        if self.workers <= 1:
-            return
-        params = {"min_worker": self.workers, "max_worker": self.workers, "synchronous": "true"}
-        r = http.put(describe, params=params, timeout=120.0)
-        if r.status_code != 200:
-            raise TorchServeError(f"scaling {self.model_name} to {self.workers} workers failed: {r.text[:300]}")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the Java frontend, its Python workers and anything else in TorchServe's process group."""

@@ -69,10 +69,12 @@ def write_run_config(
     always_free_ports: bool = False,
     source: Path = DEFAULT_CONFIG,
     reserved: frozenset[int] = frozenset(),
+    model: tuple[str, str] | None = None,
 ) -> TorchServeConfig:
     """Write `run_dir/config.properties` from `source`; a taken port (or every port, if asked) becomes a free one.
 
     `reserved`: ports TorchServe must leave alone although they are free now (the proxy's, bound after it starts).
+    `model`: (name, .mar file in the store) registered at start.
     """
     props = read_properties(source)
     taken: set[int] = set(reserved)
@@ -97,6 +99,8 @@ def write_run_config(
         props[key] = str(pick(host, int(props[key])))
     props["model_store"] = str(model_store)
     props["number_of_gpu"] = str(num_gpus)
+    if model is not None:
+        props["load_models"] = f"{model[0]}={model[1]}"
     path = run_dir / "config.properties"
     path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
     return TorchServeConfig(path, props)

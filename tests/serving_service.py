@@ -44,6 +44,21 @@ class Service:
     def management_url(self) -> str:
         return re.search(r"management (http://127\.0\.0\.1:\d+)", self.output()).group(1)
 
+    @property
+    def inference_url(self) -> str:
+        return re.search(r"inference (http://127\.0\.0\.1:\d+)", self.output()).group(1)
+
+    def keys(self) -> dict[str, str]:
+        """TorchServe's keys (token authorization), from the key file client_infer.py logs."""
+        from serving.torchserve_process import read_keys
+
+        return read_keys(Path(re.search(r"token authorization: (\S+)\)", self.output()).group(1)))
+
+    def management(self, method: str, path: str, **kw) -> requests.Response:
+        """TorchServe's management API with its key, as `python -m serving.manage` calls it."""
+        headers = {"Authorization": f"Bearer {self.keys()['management']}"}
+        return requests.request(method, f"{self.management_url}{path}", headers=headers, timeout=60, **kw)
+
     def snapshot(self) -> list[psutil.Process]:
         with contextlib.suppress(psutil.Error):  # already gone: keep the last snapshot
             self.family = psutil.Process(self.proc.pid).children(recursive=True)
@@ -86,9 +101,10 @@ def start_service(
     timeout: float = 180.0,
     wait: bool = True,
     env: dict[str, str] | None = None,
+    new_session: bool = False,
 ) -> Service:
     """Start client_infer.py for the trial dict `model` (trained_model fixture); wait until /health says 200.
-    `env` adds to the environment (settings such as SIMSIAM_PROXY_PROCESSES)."""
+    `env` adds to the environment (settings such as SIMSIAM_TS_WORKERS)."""
     port = free_port()
     # One worker of one thread: the fault tests kill "the" worker; 2 CPU cores run the suite beside it.
     env = {
@@ -114,7 +130,10 @@ def start_service(
         "127.0.0.1",
     ]
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # new_session: its own process group, as a terminal's foreground job, so a test can signal the whole group
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=new_session
+        )
     service = Service(proc, f"http://127.0.0.1:{port}", log_path)
     if not wait:
         return service

@@ -101,20 +101,19 @@ def _as_backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {f"backbone.{k}": v for k, v in state.items() if not k.startswith("fc.")}
 
 
-def refined_encoder(folder: Path) -> dict[str, torch.Tensor]:
-    """A model folder's served encoder (model.pt, after the refine stage) as SimSiam "backbone.*" keys."""
-    scripted = torch.jit.load(str(folder / "model.pt"), map_location="cpu")
-    return {f"backbone.{k}": v for k, v in scripted.encoder.state_dict().items()}
-
-
 def _model_folder(folder: Path) -> InitWeights:
+    """A model folder is used through its SimSiam checkpoint only, never through model.pt: that encoder was
+    fine-tuned on all of its dataset's `valid`, and a next job on the same data would be graded (metric_value,
+    the probe, refine auto's choice) on images whose labels it has already seen."""
     checkpoints = sorted((folder / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if checkpoints:
-        state = torch.load(checkpoints[-1], map_location="cpu", weights_only=False)["state_dict"]
-    elif (folder / "model.pt").is_file():
-        state = refined_encoder(folder)
-    else:
-        raise InitError(f"advance_settings init={str(folder)!r} is a folder without checkpoints/*.ckpt or model.pt")
+    if not checkpoints:
+        raise InitError(
+            f"advance_settings init={str(folder)!r} is a model folder without its SimSiam checkpoint "
+            "(checkpoints/*.ckpt, deleted or never written). Its model.pt is not used instead: that encoder was "
+            "fine-tuned on the valid labels, which would make this job's metric_value optimistic. Pass a folder "
+            "that still holds checkpoints/, a .ckpt of this product, or drop init"
+        )
+    state = torch.load(checkpoints[-1], map_location="cpu", weights_only=False)["state_dict"]
     parent = None
     info = folder / "model_info.json"
     if info.is_file():

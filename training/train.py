@@ -30,8 +30,9 @@ from dataset.stream import StreamedImages, StreamState
 from evaluation.confusion_plot import plot_confusion_matrix
 from evaluation.features import run_frozen
 from evaluation.probe import ProbeResult, linear_probe
-from export.archive import CLASSES_FILE, MODEL_FILE, PRESET_FILE, build_mar, read_class_names, write_class_names
-from export.torchscript import export_torchscript
+from export.archive import CLASSES_FILE, PRESET_FILE, build_mar, read_class_names, write_class_names
+from export.portable import FORMATS, ONNX_FILE, onnx_opset
+from export.torchscript import export_classifier
 from handler.eval_preset import EvalPreset
 from jobs.device import resolve_precision
 from jobs.outputs import FINGERPRINT_FILE, RunFolder, atomic_write_json, find_resume_checkpoint, round4
@@ -220,8 +221,8 @@ def _train_and_export(
     unlabelled = None if streamed else train_set.snapshot()  # for distillation (refused with shards)
     result = downstream(job, pretrained.model.backbone, valid, preset, skipped, unlabelled)
     valid_time = time.monotonic() - t_valid
-    export(job, run_dir.path, result, valid, preset)
-    return record(job, run_dir, pretrained, result, skipped, valid_time, t0)
+    checks = export(job, run_dir.path, result, valid, preset)
+    return record(job, run_dir, pretrained, result, skipped, valid_time, t0, checks)
 
 
 @dataclass
@@ -305,6 +306,12 @@ def pretrain(job: TrainJob, work: Path, train_set: PretrainImages | StreamedImag
         # The interval's last checkpoint may be minutes old: keep the finished state, so that a failure later in
         # the job resumes after pretraining rather than redoing its end.
         trainer.save_checkpoint(work / "checkpoints" / f"epoch={trainer.current_epoch}-step={trainer.global_step}.ckpt")
+    if resume and not any((work / "checkpoints").glob("*.ckpt")):
+        # A resumed run that made no step (pretraining had finished before the export failed; a spent time budget)
+        # writes no checkpoint, and the interrupted folder it came from is removed at commit: the checkpoint it
+        # resumed from is this model's, so it goes into the model folder (a later `init` reads it from there).
+        (work / "checkpoints").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(resume, work / "checkpoints" / Path(resume).name)
     if trainer.global_step == 0:  # Lightning only warns; a random encoder must not be exported as trained
         raise DatasetError(
             f"pretraining made no optimiser step ({len(train_set)} train images, batch {batch} on {world} "
@@ -449,10 +456,11 @@ def downstream(
     return Downstream(encoder, r.head, r.acc, [labels[i] for i in r.held_out], r.predictions, probe, r)
 
 
-def export(job: TrainJob, out: Path, result: Downstream, valid: LabelledSplit, preset: EvalPreset) -> None:
-    """TorchScript (encoder + head) with a round-trip check, the class names and preset, the .mar, pictures."""
+def export(job: TrainJob, out: Path, result: Downstream, valid: LabelledSplit, preset: EvalPreset) -> dict:
+    """The classifier (encoder + head) as TorchScript, torch.export and ONNX, each checked against the model; the
+    class names and preset, the .mar, pictures. Returns the formats' largest softmax difference from model.pt."""
     s = job.settings
-    export_torchscript(result.encoder, result.head, s.input_size, out / MODEL_FILE)
+    checks = export_classifier(result.encoder, result.head, s.input_size, out)
     write_class_names(valid.classes, out / CLASSES_FILE)
     preset.save(out / PRESET_FILE)
     atomic_write_json(out / "settings.json", s.to_dict())
@@ -468,6 +476,7 @@ def export(job: TrainJob, out: Path, result: Downstream, valid: LabelledSplit, p
         out / "valid_confusion_matrix.png",
         title="Valid confusion matrix, held out",
     )
+    return checks
 
 
 def confusion(result: Downstream, n_classes: int) -> list[list[int]]:
@@ -482,6 +491,7 @@ def record(
     skipped: Skipped,
     valid_time: float,
     t0: float,
+    checks: dict[str, float],
 ) -> dict:
     """model_info.json, then the model folder is committed and trial.txt replaced (SPEC: these keys exactly)."""
     s = job.settings
@@ -509,6 +519,14 @@ def record(
         {
             "model_name": job.model_name,
             "mar": f"{job.model_name}.mar",
+            # the same classifier in three formats (docs/serving.md, "Without TorchServe"), with their sizes and
+            # the largest softmax difference from model.pt measured at export
+            "files": {
+                name: {"bytes": (run_dir.path / name).stat().st_size, "format": fmt, "max_diff": checks.get(fmt, 0.0)}
+                for fmt, name in FORMATS.items()
+            }
+            | {f"{job.model_name}.mar": {"bytes": (run_dir.path / f"{job.model_name}.mar").stat().st_size}},
+            "onnx_opset": onnx_opset(run_dir.path / ONNX_FILE),
             "backbone": s.backbone,
             "input_size": s.input_size,
             "classes": classes,

@@ -57,25 +57,3 @@ def test_the_gpu_check_script_runs_every_step_in_smoke_mode(tmp_path: Path) -> N
     for step in ("throughput", "train", "latency_handler_cpu", "refine_budget"):
         assert f"== {step}: rc 0" in summary, summary
     assert "(a) - (b):" in (tmp_path / "refine_budget.log").read_text()  # the comparison's figures were printed
-
-
-def test_refined_checkpoint_carries_the_refined_encoder_and_the_pretrained_heads(
-    trained_model: dict, tmp_path: Path
-) -> None:
-    from bench.refine_budget import refined_checkpoint
-    from training.init import read_init
-    from training.model import SimSiam
-
-    model = Path(trained_model["model_path"])
-    out = refined_checkpoint(model, tmp_path)
-    (ckpt,) = (model / "checkpoints").glob("*.ckpt")
-    pretrained = torch.load(ckpt, map_location="cpu", weights_only=False)
-    refined = torch.jit.load(str(model / "model.pt"), map_location="cpu").encoder.state_dict()
-    job = SimSiam.load_from_checkpoint(ckpt, map_location="cpu")
-    weights = read_init(str(out), job)
-    assert weights is not None and weights.loaded == ["encoder", "projector", "predictor"]
-    changed = [k for k, v in refined.items() if not torch.equal(v, pretrained["state_dict"][f"backbone.{k}"])]
-    assert changed, "the refine stage changed no encoder weight: nothing to tell the two inits apart"
-    assert all(torch.equal(weights.state[f"backbone.{k}"], v) for k, v in refined.items())
-    heads = [k for k in pretrained["state_dict"] if k.startswith(("projection_head.", "prediction_head."))]
-    assert heads and all(torch.equal(weights.state[k], pretrained["state_dict"][k]) for k in heads)

@@ -22,14 +22,18 @@ RUNTIME_FILES = [
     "client_infer.py",
     "config.properties",
     "requirements.txt",
-    "serving/app.py",
+    "serving/nginx.py",
+    "serving/nginx.conf.template",
+    "serving/torchserve.conf.template",
+    "serving/openapi.json",
+    "handler/api.py",
+    "handler/classifier.py",
     "serving/torchserve_process.py",
     "handler/simsiam_handler.py",
     "handler/eval_preset.py",
     "export/model_folder.py",
     "jobs/device.py",
     "export/archive.py",
-    "serving/kserve_proxy.py",
 ]
 
 
@@ -90,7 +94,7 @@ def test_image_installs_the_serving_requirements_only() -> None:
     text = (REPO / "requirements.txt").read_text()
     assert marker + "\n" in text, f"requirements.txt lost the line {marker!r} that the image cuts at"
     serving, rest = text.split(marker, 1)
-    for package in ("torch==", "torchserve==", "fastapi==", "uvicorn==", "pillow=="):
+    for package in ("torch==", "torchserve==", "psutil==", "requests==", "pillow=="):
         assert package in serving, f"{package} is cut out of the image"
     assert "kubernetes-validate==" in rest and "pytest==" in rest
 
@@ -117,3 +121,9 @@ def test_dockerignore_keeps_models_and_environments_out_and_the_code_in() -> Non
     for path in RUNTIME_FILES:
         assert (REPO / path).is_file(), path
         assert not dockerignored(path), f".dockerignore leaves {path} out of the image"
+
+
+def test_image_installs_the_front_door_and_java() -> None:
+    """client_infer.py starts nginx (the public port) and TorchServe (Java 17): both come from Debian's packages."""
+    (run,) = [r for r in instruction("RUN") if "apt-get install" in r]
+    assert "nginx-light" in run and "openjdk-17-jre-headless" in run

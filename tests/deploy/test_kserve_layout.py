@@ -3,8 +3,6 @@
 import json
 from pathlib import Path
 
-import pytest
-
 from export.archive import MODEL_CONFIG
 from serving.kserve_layout import TEMPLATE, main
 
@@ -13,10 +11,9 @@ def _properties(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
 
 
-@pytest.mark.parametrize(("api", "batch"), [("kserve", 1), ("product", MODEL_CONFIG["batchSize"])])
-def test_layout_serves_the_model_with_the_batching_its_api_allows(trained_model, tmp_path, api, batch):
-    name, out = trained_model["gened_model_name"], tmp_path / "store"
-    args = ["--model_path", trained_model["model_path"], "--used_model", name, "--out", str(out), "--api", api]
+def test_layout_serves_the_model_with_the_batching_its_api_allows(trained_model, tmp_path):
+    name, out, batch = trained_model["gened_model_name"], tmp_path / "store", 1
+    args = ["--model_path", trained_model["model_path"], "--used_model", name, "--out", str(out)]
     assert main(args) == 0
     mar = out / "model-store" / f"{name}.mar"
     assert mar.read_bytes() == (Path(trained_model["model_path"]) / f"{name}.mar").read_bytes()

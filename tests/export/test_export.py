@@ -9,14 +9,14 @@ import torch
 import yaml
 from torch import nn
 
-from export.torchscript import export_torchscript
+from export.torchscript import Classifier, export_torchscript
 from training.backbone import build_backbone
 
 
 def test_torchscript_round_trip_gives_the_same_outputs(tmp_path):
     encoder, dim = build_backbone("resnet18", small_stem=True)
     head = nn.Linear(dim, 3)
-    reloaded = export_torchscript(encoder.eval(), head, 32, tmp_path / "model.pt")
+    reloaded = export_torchscript(Classifier(encoder, head).eval(), 32, tmp_path / "model.pt")
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         assert torch.allclose(reloaded(x), head(encoder.eval()(x)), atol=1e-5)
@@ -28,6 +28,8 @@ def test_trained_model_folder_and_mar_contents(trained_model):
     name = trained_model["gened_model_name"]
     for f in (
         "model.pt",
+        "model.pt2",
+        "model.onnx",
         "index_to_name.json",
         "preprocess.json",
         "settings.json",
@@ -43,7 +45,8 @@ def test_trained_model_folder_and_mar_contents(trained_model):
         names = set(z.namelist())
         manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
         config = yaml.safe_load(z.read("model-config.yaml"))
-    assert {"model.pt", "simsiam_handler.py", "eval_preset.py", "index_to_name.json", "preprocess.json"} <= names
+    assert {"model.pt", "simsiam_handler.py", "api.py", "classifier.py", "eval_preset.py"} <= names
+    assert {"index_to_name.json", "preprocess.json"} <= names
     assert manifest["model"]["modelName"] == name and manifest["model"]["handler"] == "simsiam_handler.py"
     assert config["batchSize"] >= 2 and config["maxBatchDelay"] > 0 and config["minWorkers"] >= 1
     preset = json.loads((folder / "preprocess.json").read_text())

@@ -20,8 +20,8 @@ import requests
 from bad_requests import assert_envelope, assert_predictions, png_with_header, send
 from serving_service import REPO, b64, image_bytes
 
-from serving.app import MAX_BODY
-from serving.payload import ALLOWED_FORMATS, MAX_IMAGE_PIXELS, MAX_IMAGES
+from handler.api import MAX_BODY, MAX_IMAGES
+from handler.eval_preset import ALLOWED_FORMATS, MAX_IMAGE_PIXELS
 from serving.ts_config import read_properties
 
 pytestmark = pytest.mark.serving
@@ -47,13 +47,13 @@ def test_torchserve_apis_are_not_reachable_through_the_proxy(service, trained_mo
     model = trained_model["gened_model_name"]
     mgmt = service.management_url
     # TorchServe is up and answering on loopback, so the 404s below mean "not exposed", not "TorchServe is down"
-    assert model in requests.get(f"{mgmt}/models", timeout=10).text
+    assert model in service.management("GET", "/models").text
     for path in TORCHSERVE_PATHS:
         for method in ("GET", "POST", "PUT", "DELETE"):
             a = send(service.url, method, path.format(m=model), body=b"{}" if method != "GET" else None)
             assert_envelope(a, 404, ["no route"])
             assert not any(w.encode() in a.body for w in TORCHSERVE_WORDS), (method, path, a.body)
-            assert "server" not in a.headers  # no banner naming uvicorn or its version
+            assert a.headers.get("server", "nginx") == "nginx"  # no version in the banner
     # The proxy is no forward proxy: an absolute-form target or a Host header naming TorchServe reaches no route.
     netloc = urlsplit(mgmt).netloc
     for method, target in [("GET", f"{mgmt}/models"), ("POST", f"{mgmt}/models?url=file:///etc/passwd")]:
@@ -62,6 +62,39 @@ def test_torchserve_apis_are_not_reachable_through_the_proxy(service, trained_mo
         assert b"modelName" not in a.body and b"status" not in a.body
     a = send(service.url, "GET", "/models", headers={"Host": netloc})
     assert_envelope(a, 404, ["no route"])
+
+
+def refused(r: requests.Response) -> bool:
+    """TorchServe 0.12 answers a missing or wrong key with 400 InvalidKeyException."""
+    return r.status_code in (400, 401) and "Token Authorization failed" in r.text
+
+
+def test_torchserve_refuses_calls_without_its_keys(service, trained_model) -> None:
+    """Token authorization is on: loopback is not trusted. Without the key (or with the other API's), the
+    management and inference APIs refuse; the key file is the owner's alone."""
+    model = trained_model["gened_model_name"]
+    keys = service.keys()
+    for url in (f"{service.management_url}/models", f"{service.management_url}/models/{model}"):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {keys['inference']}"}):
+            r = requests.get(url, headers=headers, timeout=10)
+            assert refused(r), (url, headers, r.status_code, r.text[:200])
+    r = requests.post(f"{service.inference_url}/predictions/{model}", data=SMALL, timeout=30,
+                      headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+    assert refused(r), r.text[:200]
+    assert service.management("GET", "/models").status_code == 200
+    key_file = Path(re.search(r"token authorization: (\S+)\)", service.output()).group(1))
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+
+
+def test_only_the_runs_own_model_store_registers(service, trained_model, tmp_path) -> None:
+    """With the key, a .mar from anywhere else (file:// or a path) is refused: allowed_urls allows no URL."""
+    mar = Path(trained_model["model_path"]) / f"{trained_model['gened_model_name']}.mar"
+    copy = tmp_path / "elsewhere.mar"
+    copy.write_bytes(mar.read_bytes())
+    for url in (copy.as_uri(), str(copy), "../../../../" + str(copy), "http://127.0.0.1:9/x.mar"):
+        r = service.management("POST", "/models", params={"url": url, "model_name": "intruder"})
+        assert r.status_code in (400, 404), (url, r.status_code, r.text[:300])
+    assert "intruder" not in service.management("GET", "/models").text
 
 
 def is_loopback(ip: str) -> bool:

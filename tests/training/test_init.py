@@ -87,3 +87,22 @@ def test_a_bad_init_stops_the_job_before_anything_is_written(tiny_dataset: Path,
     proc = run_train(tiny_dataset, runs, settings={**TINY_SETTINGS, "init": str(tmp_path / "r50.pt")})
     assert proc.returncode == 2 and "not an encoder for this job's resnet18" in proc.stderr
     assert "Traceback" not in proc.stderr and not runs.exists()
+
+
+def test_a_model_folder_without_its_checkpoint_is_an_error_not_its_refined_encoder(
+    tiny_dataset: Path, trained_model: dict, tmp_path: Path
+) -> None:
+    """model.pt's encoder was fine-tuned on valid: never a fallback (the next job would be graded on labels it has
+    seen). Exit 2 naming what is missing, before anything is written."""
+    import shutil
+
+    folder = tmp_path / "no-checkpoints"
+    shutil.copytree(trained_model["model_path"], folder)
+    shutil.rmtree(folder / "checkpoints")
+    assert (folder / "model.pt").is_file()
+    with pytest.raises(InitError, match=r"without its SimSiam checkpoint \(checkpoints/\*\.ckpt"):
+        read_init(str(folder), tiny())
+    runs = tmp_path / "runs"
+    proc = run_train(tiny_dataset, runs, settings={**TINY_SETTINGS, "init": str(folder)})
+    assert proc.returncode == 2 and "metric_value optimistic" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not runs.exists()

@@ -43,9 +43,17 @@ def test_a_failure_after_pretraining_keeps_the_checkpoint_and_resume_goes_straig
 
     monkeypatch.undo()
     trial = run(_job(tiny_dataset, runs, resume="last"))
-    info = json.loads((Path(trial["model_path"]) / "model_info.json").read_text())
+    folder = Path(trial["model_path"])
+    info = json.loads((folder / "model_info.json").read_text())
     assert info["pretraining"]["steps"] == steps  # no step trained again
     assert not list((runs / "models").glob(".interrupted-*"))  # consumed by the finished run
+    # ...but its checkpoint was not lost with it: the resumed run made no step and wrote none, so the one it
+    # resumed from is committed with the model, and a next version can start from the folder.
+    [committed] = folder.glob("checkpoints/*.ckpt")
+    assert torch.load(committed, map_location="cpu", weights_only=False)["global_step"] == steps
+    child = run(_job(tiny_dataset, tmp_path / "runs2", init=str(folder)))
+    child_info = json.loads((Path(child["model_path"]) / "model_info.json").read_text())
+    assert child_info["init"]["kind"] == "model folder" and child_info["init"]["parent"]["model_path"] == str(folder)
 
 
 def test_a_failure_before_pretraining_ends_keeps_nothing(tiny_dataset, tmp_path, monkeypatch):
