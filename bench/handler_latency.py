@@ -70,7 +70,7 @@ def measure(handler, device: torch.device, images: list[bytes], batch: int, repe
         out = handler.postprocess(handler.inference(data))
         _sync(device)
         t2 = time.perf_counter()
-        assert len(out) == batch and all("class" in o for o in out), out[:2]
+        assert len(out) == batch and all(o["code"] == 200 and o["data"] for o in out), out[:2]
         if k >= 3:
             pre.append((t1 - t0) * 1000)
             inf.append((t2 - t1) * 1000)
