@@ -13,7 +13,7 @@ For each seed, scored on the `test` split (never used by any of them):
     (the exported TorchScript model and the serving preset).
 (b) supervised from scratch: the same encoder randomly initialised, through the same refine stage
     (training.train.downstream: the same recipe, held-out run included) for the whole budget, on the labels only
-    (no distillation: it has no unlabelled images; its epochs end with the budget, whatever --settings says).
+    (its epochs end with the budget, whatever --settings says).
 (c) SimSiam + linear probe (the product before the refine stage): (a)'s pretrained encoder, frozen, with the
     probe head fitted on all of `valid`. It gets (a)'s pretraining time, not the whole budget: the probe has
     flattened by then on both datasets (docs/benchmarks.md, "What limits the demo").

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dataset.cache import ImageCache, downscale, to_uint8_tensor
+from dataset.cache import downscale, to_uint8_tensor
 from dataset.reader import DatasetError, Skipped, readable
 from handler.eval_preset import ImageDecodeError, decode_image
 
@@ -154,17 +154,6 @@ class SharedImageCache(SharedPixels):
     @property
     def paths(self) -> list[Path]:
         return [self.paths_listed[i] for i in self.kept]
-
-    def snapshot(self) -> ImageCache:
-        """The readable images as an ImageCache (the refine stage's self-distillation reads them): the cached
-        pixels shared, not copied; the others as their files. Nothing is decoded."""
-        view = ImageCache.__new__(ImageCache)
-        view.keep_side = self.keep_side
-        view.kept = self.kept
-        view.paths = [self.paths_listed[i] for i in view.kept]
-        view.items = [self.pixels(i) if self.state[i] == CACHED else self.paths_listed[i] for i in view.kept]
-        view.cached_bytes = self.cached_bytes
-        return view
 
     def report_skipped(self, skipped: Skipped, threads: int = 4) -> None:
         """Add the files found unreadable (in any worker) to `skipped`, each with its reason. Files no step met

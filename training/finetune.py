@@ -41,13 +41,8 @@ class RefineRecipe:
     batch_size: int = 64
     lr: float = 0.2  # backbone base lr; used lr = lr x batch / 256 (0.2 beat 0.01-0.5: docs/benchmarks.md)
     head_lr: float = 0.2  # head base lr
-    head_c: float = 1.0  # inverse L2 strength of the probe head LP-FT starts from
-    warmup: float = 0.0  # share of the schedule with a linear lr warm-up (MAE's fine-tuning; SimCLR's has none)
-    layer_decay: float = 1.0  # layer-wise lr decay (BEiT/MAE): stage k of 5 below the head gets lr x decay^k
     momentum: float = 0.9
     min_scale: float = 0.2  # RandomResizedCrop lower bound
-    distill_epochs: int = 0  # self-distillation epochs over the unlabelled images after fine-tuning (0 = none)
-    distill_temperature: float = 1.0  # of the teacher's soft targets (SimCLRv2: 1)
     time_budget_s: float = 0.0  # the whole stage (held-out run + final run); 0 = epochs only
     holdout: float = 0.2  # share of each class held out for the accuracy
     precision: str = "32-true"  # "bf16-mixed" / "16-mixed": autocast, as in pretraining
@@ -72,23 +67,6 @@ def stratified_holdout(labels: list[int], share: float, seed: int) -> tuple[list
         held += idx[:n_held].tolist()
         fit += idx[n_held:].tolist()
     return sorted(fit), sorted(held)
-
-
-def _stages(encoder: nn.Module) -> dict[int, list[nn.Parameter]]:
-    """The encoder's parameters by depth: 1-4 for a ResNet's layer1-layer4, 0 for the stem and anything else."""
-    stages: dict[int, list[nn.Parameter]] = {}
-    for name, param in encoder.named_parameters():
-        top = name.split(".")[0]
-        depth = int(top[5:]) if top.startswith("layer") and top[5:].isdigit() else 0
-        stages.setdefault(depth, []).append(param)
-    return stages
-
-
-def _schedule(progress: float, warmup: float) -> float:
-    """lr factor at `progress` in [0, 1]: linear warm-up over the first `warmup`, then pretraining's cosine decay."""
-    if progress < warmup or warmup >= 1:
-        return min(1.0, progress / warmup)
-    return cosine_lr(1.0, (progress - warmup) / (1 - warmup))
 
 
 def finetune(
@@ -118,9 +96,10 @@ def finetune(
     )
     model = Classifier(encoder, head).to(device, memory_format=torch.channels_last)
     scale = batch / 256
-    groups = [{"params": head.parameters(), "peak": recipe.head_lr * scale}]
-    for depth, params in _stages(encoder).items():
-        groups.append({"params": params, "peak": recipe.lr * scale * recipe.layer_decay ** (5 - depth)})
+    groups = [
+        {"params": head.parameters(), "peak": recipe.head_lr * scale},
+        {"params": encoder.parameters(), "peak": recipe.lr * scale},
+    ]
     optimizer = torch.optim.SGD(
         [{**g, "lr": g["peak"]} for g in groups],
         momentum=recipe.momentum,
@@ -140,7 +119,7 @@ def finetune(
             if time_budget_s > 0:
                 progress = max(progress, (time.monotonic() - start) / time_budget_s)
             for group in optimizer.param_groups:
-                group["lr"] = group["peak"] * _schedule(min(1.0, progress), recipe.warmup)
+                group["lr"] = cosine_lr(group["peak"], min(1.0, progress))
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
             with autocast(recipe.precision, device):
@@ -152,7 +131,7 @@ def finetune(
             scaler.update()
             step += 1
             loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum())
+            correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
         done = epoch + 1
         progress = done / epochs
@@ -205,9 +184,8 @@ def lp_head(
     n_classes: int,
     preset: EvalPreset,
     device: torch.device,
-    c: float,
 ) -> nn.Linear:
     """LP-FT's first step: BatchNorm statistics and the linear probe from the images the run trains on."""
     recalibrate_batchnorm(encoder, paths, preset, device)
     features, kept, _ = run_frozen(encoder, paths, preset, device)
-    return fit_head(features, [labels[i] for i in kept], n_classes, c)
+    return fit_head(features, [labels[i] for i in kept], n_classes)

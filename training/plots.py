@@ -45,18 +45,16 @@ def plot_training_curves(metrics_csv: Path, proj_dim: int, out: Path, refine_cur
     if refine_curve:
         ax4 = axes[3]
         for run, colour in (("held-out", "tab:orange"), ("final", "tab:blue")):
-            for phase, style in (("finetune", "-"), ("distill", "--")):  # distillation: against soft targets
-                rows = [r for r in refine_curve if r["run"] == run and r.get("phase", "finetune") == phase]
-                if rows:
-                    label = f"{run} run: loss" + (" (distillation)" if phase == "distill" else "")
-                    ax4.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], style, color=colour, label=label)
+            rows = [r for r in refine_curve if r["run"] == run]
+            if rows:
+                ax4.plot(
+                    [r["epoch"] for r in rows], [r["loss"] for r in rows], "-", color=colour, label=f"{run} run: loss"
+                )
         held = [r for r in refine_curve if "held_out_acc" in r]
         acc_ax = ax4.twinx()
         acc_ax.plot([r["epoch"] for r in held], [r["held_out_acc"] for r in held], "o--", color="tab:green")
         acc_ax.set(ylabel="held-out accuracy (green)", ylim=(0, 1))
-        distilled = any(r.get("phase") == "distill" for r in refine_curve)
-        title = "Refine (LP-FT on valid" + (", then distillation)" if distilled else ")")
-        ax4.set(title=title, xlabel="epoch", ylabel="cross-entropy")
+        ax4.set(title="Refine (LP-FT on valid)", xlabel="epoch", ylabel="cross-entropy")
         ax4.legend(loc="center right")
     fig.tight_layout()
     fig.savefig(out, dpi=100)

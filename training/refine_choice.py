@@ -6,11 +6,10 @@ made where it costs the measurement nothing: the fit part (1 - holdout of valid)
 trains on the inner fit part and is scored on the inner held-out part, and the winner's held-out accuracy is
 `metric_value`, measured on images no choice has seen (training/refine.py).
 
-Candidates: the frozen encoder with a linear probe head (what the frozen features give); LP-FT at the recipe's
-learning rate, which is the held-out run itself, trained on the inner fit part (the choice adds no fine-tuning
-run, so under a time budget the final run keeps the epochs plain "finetune" gets); and, refined by epochs (no
-refine_time_budget_s), LP-FT at a tenth of the learning rate (a gentler fine-tuning that keeps more of a good
-encoder). The probe is chosen only when it beats the best fine-tuning by more than the inner held-out accuracy's
+Candidates: the frozen encoder with a linear probe head (what the frozen features give), and LP-FT at the
+recipe's learning rate, which is the held-out run itself, trained on the inner fit part (the choice adds no
+fine-tuning run, so under a time budget the final run keeps the epochs plain "finetune" gets). The probe is chosen
+only when it beats the fine-tuning by more than the inner held-out accuracy's
 standard error (sqrt(p (1 - p) / n)): a fine-tuning's final run trains on all of valid, which its inner score on
 fewer images understates, and on ~100 inner images a few points either way are noise (measured: on the demo a
 probe ahead by 2 points on 96 images served 0.47 where fine-tuning served 0.62). An encoder that fine-tuning
@@ -19,10 +18,9 @@ ruins loses by far more than that, and the probe keeps it.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,12 +29,9 @@ from torch import nn
 from evaluation.features import run_frozen
 from evaluation.probe import fit_head
 from handler.eval_preset import EvalPreset
-from training.finetune import RefineRecipe, accuracy, finetune, lp_head, predict, stratified_holdout
-from training.refine_images import RefineImages
+from training.finetune import RefineRecipe, accuracy, predict, stratified_holdout
 
 log = logging.getLogger(__name__)
-
-GENTLE = 0.1  # the gentler fine-tuning candidate's learning rate, as a share of the recipe's
 
 
 @dataclass
@@ -81,7 +76,7 @@ class Choice:
     lr: float  # the backbone's base learning rate of the chosen fine-tuning (the recipe's for "probe")
     inner_acc: dict[str, float]  # each candidate's accuracy on the inner held-out images
     inner_images: tuple[int, int]  # (inner fit, inner held out)
-    seconds: float  # what the choice added to the stage (the probe candidate, the gentler fine-tuning)
+    seconds: float  # what the choice added to the stage (the probe candidate and the scoring)
 
     def record(self) -> dict:
         return {
@@ -93,24 +88,12 @@ class Choice:
         }
 
 
-def probe_candidate(encoder: nn.Module, inner: InnerSplit, head_c: float) -> float:
+def probe_candidate(encoder: nn.Module, inner: InnerSplit) -> float:
     """The frozen encoder with a probe head fitted on the inner fit part, scored on the inner held-out part."""
     paths, labels = inner.part(inner.fit)
     features, kept, _ = run_frozen(encoder, paths, inner.preset, inner.device)
-    head = fit_head(features, [labels[k] for k in kept], inner.n_classes, head_c)
+    head = fit_head(features, [labels[k] for k in kept], inner.n_classes)
     return inner.score(encoder, head)
-
-
-def gentle_candidate(
-    encoder: nn.Module, inner: InnerSplit, images: RefineImages, recipe: RefineRecipe
-) -> tuple[float, nn.Module, nn.Linear]:
-    """LP-FT of a copy of `encoder` at GENTLE x the recipe's learning rate, for the recipe's epochs on the inner
-    fit part; returns (inner held-out accuracy, encoder, head)."""
-    enc = copy.deepcopy(encoder)
-    head = lp_head(enc, *inner.part(inner.fit), inner.n_classes, inner.preset, inner.device, recipe.head_c)
-    gentle = replace(recipe, lr=recipe.lr * GENTLE)
-    finetune(enc, head, images.subset(inner.fit), gentle, inner.device, recipe.epochs)
-    return inner.score(enc, head), enc, head
 
 
 def standard_error(a: float, b: float, n: int) -> float:

@@ -14,7 +14,7 @@ from training.augment import random_resized_crop
 
 class RefineImages(ImageCache):
     """Labelled images for fine-tuning: `__getitems__(indices)` -> (x float Nx3xSxS normalised, y: long N
-    class indices, or float N x C class probabilities for distillation).
+    class indices).
 
     Augmentation: random resized crop + horizontal flip only (SimCLR's fine-tuning recipe)."""
 
@@ -29,7 +29,7 @@ class RefineImages(ImageCache):
         threads: int = 4,
     ) -> None:
         super().__init__(paths, 2 * preset.input_size, cache_mb, skipped, threads, what="valid")
-        self.labels = torch.as_tensor(labels)[self.kept]  # class indices N, or class probabilities N x C
+        self.labels = torch.as_tensor(labels)[self.kept]  # class indices N
         self.size = preset.input_size
         self.scale = (min_scale, 1.0)
         self.mean = torch.tensor(preset.mean).view(1, 3, 1, 1)

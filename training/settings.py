@@ -59,7 +59,6 @@ class Settings:
     refine_head_lr: float = 0.2  # head base lr (the head starts from the linear probe)
     refine_holdout: float = 0.2  # share of each valid class held out for the refined accuracy (metric_value)
     refine_time_budget_s: float = 0.0  # wall-clock cap on the whole refine stage, both runs (0 = none)
-    distill_epochs: int = 0  # self-distillation on the unlabelled images after fine-tuning (SimCLRv2), 0 = none
     knn_k: int = 20  # neighbours for the logged kNN accuracy
     devices: int = 1  # devices per node (GPUs, or CPU processes with strategy ddp)
     num_nodes: int = 1
@@ -108,7 +107,6 @@ _CHECKS: dict[str, tuple[type, Any, str]] = {
     "refine_head_lr": (float, lambda v: 0 <= v <= 10, "a number >= 0, e.g. 0.2"),
     "refine_holdout": (float, lambda v: 0.05 <= v <= 0.5, "a share from 0.05 to 0.5, e.g. 0.2"),
     "refine_time_budget_s": (float, lambda v: v >= 0, "seconds >= 0 (0 = no budget)"),
-    "distill_epochs": (int, lambda v: 0 <= v <= 10_000, "an integer >= 0 (0 = no distillation)"),
     "devices": (int, lambda v: 1 <= v <= 1024, "an integer >= 1"),
     "num_nodes": (int, lambda v: 1 <= v <= 4096, "an integer >= 1"),
     "strategy": (str, lambda v: v in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
@@ -185,22 +183,6 @@ def build_settings(overrides: dict[str, Any]) -> Settings:
         if not ok(values[key]):
             raise SettingsError(f"advance_settings {key}={value!r} is invalid: it must be {what}. {VALID_KEY_NAMES}")
     settings = Settings(**values)
-    if settings.refine == "probe" and settings.distill_epochs:
-        raise SettingsError(
-            f"advance_settings distill_epochs={settings.distill_epochs} needs refine 'finetune' (distillation trains "
-            f"the encoder; refine 'probe' keeps it frozen): drop one of the two. {VALID_KEY_NAMES}"
-        )
-    if settings.refine == "auto" and settings.distill_epochs:
-        raise SettingsError(
-            f"advance_settings distill_epochs={settings.distill_epochs} needs refine 'finetune' (refine 'auto' may "
-            f"choose the frozen encoder, which distillation cannot train): drop one of the two. {VALID_KEY_NAMES}"
-        )
-    if settings.train_shards and settings.distill_epochs:
-        raise SettingsError(
-            f"advance_settings distill_epochs={settings.distill_epochs} needs the train images in a folder "
-            "(distillation revisits them after pretraining); with train_shards drop distill_epochs. "
-            f"{VALID_KEY_NAMES}"
-        )
     return settings
 
 

@@ -24,7 +24,6 @@ from pytorch_lightning.loggers import CSVLogger
 from sklearn.metrics import confusion_matrix
 from torch import nn
 
-from dataset.cache import ImageCache
 from dataset.reader import DatasetError, LabelledSplit, Skipped, read_labelled, read_unlabelled, readable
 from dataset.stream import StreamedImages, StreamState
 from evaluation.confusion_plot import plot_confusion_matrix
@@ -218,8 +217,7 @@ def _train_and_export(
     streamed = isinstance(train_set, StreamedImages)
     pretrained.train_images = train_set.images if streamed else len(train_set.kept)
     t_valid = time.monotonic()
-    unlabelled = None if streamed else train_set.snapshot()  # for distillation (refused with shards)
-    result = downstream(job, pretrained.model.backbone, valid, preset, skipped, unlabelled)
+    result = downstream(job, pretrained.model.backbone, valid, preset, skipped)
     valid_time = time.monotonic() - t_valid
     checks = export(job, run_dir.path, result, valid, preset)
     return record(job, run_dir, pretrained, result, skipped, valid_time, t0, checks)
@@ -400,10 +398,8 @@ def downstream(
     valid: LabelledSplit,
     preset: EvalPreset,
     skipped: Skipped,
-    unlabelled: ImageCache | None = None,
 ) -> Downstream:
-    """The frozen features' linear probe, then (refine "finetune") LP-FT of encoder + head on valid and, with
-    distill_epochs, self-distillation on `unlabelled` (the train images pretraining decoded)."""
+    """The frozen features' linear probe, then (refine "finetune", "auto") LP-FT of encoder + head on valid."""
     s = job.settings
     # Trained channels_last (faster convolutions); exported and served in the default layout.
     encoder = backbone.to(job.device, memory_format=torch.contiguous_format)
@@ -431,7 +427,6 @@ def downstream(
         min_scale=s.min_scale,
         time_budget_s=s.refine_time_budget_s,
         holdout=s.refine_holdout,
-        distill_epochs=s.distill_epochs,
         precision=job.precision,
         num_workers=min(2, s.num_workers),
         seed=s.seed,
@@ -441,12 +436,11 @@ def downstream(
     # The probe above keeps the pretrained encoder's features; refine changes a copy (BatchNorm statistics too).
     encoder_copy = copy.deepcopy(encoder)
     n = len(valid.classes)
-    r = refine(encoder_copy, paths, labels, n, preset, recipe, job.device, s.cache_mb, skipped, unlabelled)
+    r = refine(encoder_copy, paths, labels, n, preset, recipe, job.device, s.cache_mb, skipped)
     log.info(
-        "valid: refined (%s, %d epochs%s): held-out acc %.4f on %d images (linear probe %.4f), %.1f s",
+        "valid: refined (%s, %d epochs): held-out acc %.4f on %d images (linear probe %.4f), %.1f s",
         r.choice["chosen"] if r.choice else "LP-FT",
         r.epochs,
-        "" if r.teacher_acc is None else f", then distilled {r.distill_epochs} epochs from {r.teacher_acc:.4f}",
         r.acc,
         len(r.held_out),
         probe.acc,
@@ -508,9 +502,6 @@ def record(
     if result.refined is not None:
         metrics["refine_held_out_images"] = len(result.refined.held_out)
         metrics["refine_epochs"] = result.refined.epochs
-        metrics["distill_epochs"] = result.refined.distill_epochs
-        if result.refined.teacher_acc is not None:  # what distillation added, on the same held-out images
-            metrics["finetune_acc"] = round4(result.refined.teacher_acc)
         metrics["refine_curve"] = result.refined.curve
         if result.refined.choice is not None:
             metrics["refine_choice"] = result.refined.choice

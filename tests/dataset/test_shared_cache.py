@@ -8,7 +8,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -76,10 +75,6 @@ def test_an_unreadable_file_is_skipped_without_breaking_the_epoch(tiny_dataset: 
     skipped = Skipped()
     cache.report_skipped(skipped)
     assert [p for p, _ in skipped.items] == [str(bad)] and skipped.items[0][1]
-    view = cache.snapshot()  # what the refine stage reads: the readable images, pixels shared
-    assert len(view.items) == len(view.paths) == len(paths) - 1
-    assert all(isinstance(x, torch.Tensor) for x in view.items)
-    assert np.shares_memory(view.items[0].numpy(), cache.arena)
 
 
 def test_a_pickled_train_set_starts_with_an_empty_cache_of_its_own(tiny_dataset: Path) -> None:

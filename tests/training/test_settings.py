@@ -47,10 +47,6 @@ def test_unknown_key_lists_the_valid_keys():
         ({"input_size": 8}, "16 to 1024"),
         ({"strategy": "fsdp2"}, "ddp"),
         ({"augment_on": "gpu"}, "one of auto, device, workers"),
-        ({"distill_epochs": -1}, "distill_epochs=-1"),
-        ({"distill_epochs": 2, "refine": "probe"}, "needs refine 'finetune'"),
-        ({"distill_epochs": 2, "refine": "auto"}, "needs refine 'finetune'"),
-        ({"distill_epochs": 2, "train_shards": "/data/shards"}, "needs the train images in a folder"),
         ({"checkpoint_interval_s": -5}, "checkpoint_interval_s=-5"),
     ],
 )
