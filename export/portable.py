@@ -85,8 +85,9 @@ def export_portable(model: nn.Module, reference: nn.Module, input_size: int, out
     buffer = io.BytesIO()  # written by Python, as model.pt: a full disk raises OSError instead of aborting
     torch.export.save(program, buffer)
     (out / PROGRAM_FILE).write_bytes(buffer.getvalue())
+    # The ONNX exporter starts from the same program (it would otherwise trace the model a second time).
     onnx_program = torch.onnx.export(
-        model, (x,), dynamo=True, dynamic_shapes=dynamic, input_names=["input"], output_names=["logits"], verbose=False
+        program, (x,), dynamo=True, input_names=["input"], output_names=["logits"], verbose=False
     )
     onnx_program.save(str(out / ONNX_FILE))
     diffs = {}

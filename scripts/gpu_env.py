@@ -39,6 +39,8 @@ NEED = {
     "pytest": "pytest",
     "pytest_timeout": "pytest-timeout",
     "hypothesis": "hypothesis",
+    # the handler's base64 (bench/serve_bench.py, where Java runs TorchServe)
+    "pybase64": "pybase64==1.5.1",
 }
 
 
