@@ -7,7 +7,7 @@
 #   3. pretraining throughput at 224 px, batch 256, resnet18 and resnet50: augmentation on the device vs in the
 #      loader workers vs the compute-only ceiling (bench/gpu_throughput.py);
 #   4. a real 224-px training on the GPU (client_train.py), then the served model's latency on the GPU
-#      (bench/handler_latency.py), and through TorchServe and the proxy when Java is there (bench/serve_bench.py);
+#      (bench/handler_latency.py), and through TorchServe and nginx when Java is there (bench/serve_bench.py);
 #   5. what pretraining buys on the GPU: bench/refine_budget.py, (a) product vs (b) from scratch vs (c) probe.
 #
 #     bash scripts/gpu_check.sh [out_dir]        # figures and logs in out_dir (default runs/gpu_check)
@@ -87,11 +87,11 @@ if [ -n "$MODEL" ]; then
     "$MODEL/model_info.json" | tee -a "$SUMMARY"
   step "latency_handler_$DEV" 30 "$PY" -m bench.handler_latency --model_path "$MODEL" --used_model SimSiam_gpu_check \
     --device "$DEV" --batch_sizes 1 8 32 --repeats 20
-  if command -v java >/dev/null; then
+  if command -v java >/dev/null && { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; }; then
     step latency_served 45 "$PY" -m bench.serve_bench --model_path "$MODEL" --used_model SimSiam_gpu_check --device $DEV \
       --duration 4 --rounds 1
   else
-    echo "== latency_served: skipped (no Java 17 for TorchServe here)" | tee -a "$SUMMARY"
+    echo "== latency_served: skipped (no Java 17 for TorchServe or no nginx here)" | tee -a "$SUMMARY"
   fi
 fi
 
