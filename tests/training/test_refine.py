@@ -141,18 +141,13 @@ def _refine_auto(tmp_path: Path, **recipe: float):
 
 
 def test_refine_auto_chooses_on_an_inner_split_and_runs_the_winner(tmp_path):
-    """refine "auto": the probe and two fine-tuning learning rates are scored on an inner split of the fit part;
-    the winner (the first of equals) then runs the held-out protocol, scored on images no candidate has seen."""
+    """refine "auto": the frozen probe and the fine-tuning are scored on an inner split of the fit part; the winner
+    then runs the held-out protocol, scored on images no candidate has seen (which one wins for which scores:
+    tests/training/test_refine_choice.py)."""
     r = _refine_auto(tmp_path, epochs=2)
     choice = r.choice
-    assert list(choice["inner_acc"]) == ["probe", "finetune lr=0.05", "finetune lr=0.005"]
-    acc = choice["inner_acc"]
-    tuned = max(v for k, v in acc.items() if k != "probe")
-    n = choice["inner_held_out_images"]
-    if acc["probe"] - tuned > standard_error(acc["probe"], tuned, n):
-        assert choice["chosen"] == "probe"
-    else:  # the first of the best fine-tunings
-        assert choice["chosen"] == next(k for k, v in acc.items() if k != "probe" and v == tuned)
+    assert list(choice["inner_acc"]) == ["probe", "finetune lr=0.05"]
+    assert choice["chosen"] in choice["inner_acc"]
     assert choice["inner_fit_images"] + choice["inner_held_out_images"] == 48 and len(r.held_out) == 12
     assert r.epochs == (0 if choice["chosen"] == "probe" else 2)
 
