@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import sys
-import threading
+import time
 
 from jobs.cli import add_device, add_model_folder, setup_logging
 
@@ -72,11 +72,13 @@ def main(args: argparse.Namespace) -> int:
         log.error("%s", e)
         return 2
 
-    # A signal only sets this flag: every wait below polls it, so a stop at any moment -- TorchServe half
-    # started, the model loading -- runs the same clean-up, and no exception lands inside a child's start.
-    stop = threading.Event()
+    # A signal only appends to this list: every wait below polls it, so a stop at any moment -- TorchServe half
+    # started, the model loading -- runs the same clean-up, and no exception lands inside a child's start. Not a
+    # threading.Event: its set() takes a lock that the main thread itself may hold inside wait() when the signal
+    # arrives, and the process then hangs (seen: SIGTERM logged, nothing stopped).
+    stopping: list[str] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: (log.info("%s: stopping", signal.Signals(signum).name), stop.set()))
+        signal.signal(sig, lambda signum, frame: stopping.append(signal.Signals(signum).name))
     plan = serving_plan(gpus=0 if gpu_index is None else 1)
     ts = TorchServeProcess(
         model_dir,
@@ -106,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
         )
         start_timeout = float(os.environ.get("SIMSIAM_TS_START_TIMEOUT", "300"))
         try:
-            ts.wait_ready(start_timeout, stop.is_set)
+            ts.wait_ready(start_timeout, lambda: bool(stopping))
         except TorchServeCancelled:
             return 0
         host = cfg.inference_url.split("//", 1)[1]
@@ -117,7 +119,8 @@ def main(args: argparse.Namespace) -> int:
             args.used_model, device, plan.workers, plan.threads, args.host, args.service_port, ts.key_file,
             cfg.inference_url, cfg.management_url, cfg.metrics_url,
         )  # fmt: skip
-        while not stop.wait(0.5):
+        while not stopping:
+            time.sleep(0.5)
             if ts.poll() is not None:
                 log.error("TorchServe exited unexpectedly; stopping the service. Its last lines:\n%s", ts.tail())
                 return 1
@@ -129,8 +132,10 @@ def main(args: argparse.Namespace) -> int:
         log.error("%s", e)
         return 1
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not interrupt the clean-up
-            signal.signal(sig, lambda *_: log.warning("already stopping"))
+        if stopping:
+            log.info("%s: stopping", stopping[0])
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal changes nothing: the clean-up goes on
+            signal.signal(sig, signal.SIG_IGN)
         if nginx is not None:
             nginx.stop()  # first: requests in flight finish while TorchServe still runs
             log.info("nginx stopped")

@@ -79,6 +79,10 @@ class Nginx:
             "worker_processes": "auto",
             "listen": f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}",
             "loading": int(loading),
+            # While loading, no connection is kept alive: a kept connection would stay with a worker of the loading
+            # configuration after the switch to ready (a graceful reload lets old workers finish their connections)
+            # and go on answering 503 to that client.
+            "keepalive_s": 0 if loading else self.limits.keepalive_s,
             "max_body_mib": self.limits.max_body // MiB,
             "openapi": self.prefix / "openapi.json",
             "torchserve": torchserve,
