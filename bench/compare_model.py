@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -49,7 +50,9 @@ def main() -> None:
     preset = EvalPreset.load(a.model_path / "preprocess.json")
     trial_budget = info["timing"]["train_time"] + info["timing"]["valid_time"]
 
-    scripted = torch.jit.load(str(a.model_path / "model.pt"), map_location="cpu").eval()
+    with warnings.catch_warnings():  # the served TorchScript file, its encoder and head: the deprecation is ours
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.load(str(a.model_path / "model.pt"), map_location="cpu").eval()
     valid = read_labelled(a.dataset_path, "valid")
     product_test = test_accuracy(scripted.encoder, scripted.head, a.dataset_path, valid.classes, preset)
     probe_test = probe_of(a.model_path, a.dataset_path, preset)
