@@ -43,7 +43,7 @@ class FrontDoor:
     per_client: int = 64  # requests in flight per client address
     all_clients: int = 1024  # requests in flight in all
     small_conns: int = 64  # connections to TorchServe for bodies under 1 MB: 64 MB in flight at most
-    large_conns: int = 8  # ...and for larger ones: 8 x 32 MiB = 256 MiB, so both stay below its 1 GiB heap
+    large_conns: int = 4  # ...and larger ones: 4 x 32 MiB; TorchServe copies a body 2-3 times in its 1 GiB heap
     worker_connections: int = 4096
 
 
