@@ -18,10 +18,7 @@ import contextlib
 import http.client
 import json
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -31,9 +28,8 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from bench.service import running_service
 from bench.stress import family, jpeg
-from serving.readiness import wait_until_healthy
-from serving.ts_config import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_MIB = 300.0
@@ -121,23 +117,8 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=64)
     p.add_argument("--mib", type=float, default=30.0, help="MiB per body (default 30; the limit is 32)")
     a = p.parse_args()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, str(REPO / "client_infer.py"), "--model_path", str(a.model_path), "--used_model"]
-    cmd += [a.used_model, "--device", "cpu", "--service_port", str(port), "--host", "127.0.0.1"]
-    with tempfile.TemporaryDirectory(prefix="big-bodies-") as tmp:
-        log = Path(tmp) / "client_infer.log"
-        with log.open("w") as f:
-            proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "SIMSIAM_TS_PORTS": "free"}, stdout=f,
-                                    stderr=subprocess.STDOUT)  # fmt: skip
-        try:
-            if wait_until_healthy(url, proc) is None:
-                print(log.read_text()[-3000:], file=sys.stderr)
-                return 1
-            r = run(url, proc.pid, a.clients, a.mib)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
+    with running_service(a.model_path, a.used_model) as svc:
+        r = run(svc.url, svc.proc.pid, a.clients, a.mib)
     peak = r.nginx_mib_peak
     print(
         f"{a.clients} clients x {a.mib:.0f} MiB JSON bodies at once, answered in {r.seconds:.1f} s; "

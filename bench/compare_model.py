@@ -70,8 +70,9 @@ def main() -> None:
     took = time.monotonic() - t
 
     m = info["metrics"]
+    served = m.get("refine_choice", {}).get("chosen", m["refine"])  # refine auto: what it chose
     rows = [
-        (f"SimSiam + {m['refine']} (this model)", m["acc"], product_test, f"{trial_budget:.0f} s"),
+        (f"SimSiam + {served} (this model)", m["acc"], product_test, f"{trial_budget:.0f} s"),
         ("SimSiam + linear probe (frozen)", m["probe_acc"], probe_test, "-"),
         (f"supervised from scratch ({epochs} epochs)", scratch_valid, scratch_test, f"{took:.0f} s"),
     ]

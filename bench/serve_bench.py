@@ -28,11 +28,9 @@ import io
 import os
 import platform
 import re
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,11 +45,10 @@ import yaml
 from PIL import Image
 
 from bench.load import LoadResult, run_load
+from bench.service import running_service
 from handler.classifier import load_classifier
 from handler.eval_preset import EvalPreset, load_for_eval
-from serving.readiness import wait_until_healthy
 from serving.torchserve_process import read_keys
-from serving.ts_config import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -213,39 +210,12 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of each run (default 3)")
     p.add_argument("--image_size", default="640x480", help="the JPEG sent, WxH (default 640x480)")
     a = p.parse_args()
-    port = free_port()
-    env = {**os.environ, "SIMSIAM_TS_PORTS": "free"}
-    cmd = [
-        sys.executable,
-        str(REPO / "client_infer.py"),
-        "--model_path",
-        str(a.model_path),
-        "--used_model",
-        a.used_model,
-        "--device",
-        a.device,
-        "--service_port",
-        str(port),
-    ]
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
-        log = Path(tmp) / "client_infer.log"
-        with log.open("w") as out:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            ready_s = wait_until_healthy(url, proc)
-            if ready_s is None:
-                print(log.read_text()[-3000:], file=sys.stderr)
-                return 1
-            inference = re.search(r"inference (http://127\.0\.0\.1:\d+)", log.read_text()).group(1)
-            key_file = Path(re.search(r"token authorization: (\S+)\)", log.read_text()).group(1))
-            a.direct_headers = {"Authorization": f"Bearer {read_keys(key_file)['inference']}"}
-            a.metrics_url = re.search(r"metrics (http://127\.0\.0\.1:\d+)/metrics", log.read_text()).group(1)
-            direct_url = f"{inference}/predictions/{a.used_model}"
-            return report(a, url, direct_url, proc, ready_s)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
+    with running_service(a.model_path, a.used_model, a.device) as svc:
+        key_file = Path(re.search(r"token authorization: (\S+)\)", svc.log()).group(1))
+        a.direct_headers = {"Authorization": f"Bearer {read_keys(key_file)['inference']}"}
+        a.metrics_url = svc.logged_url("metrics")
+        direct_url = f"{svc.logged_url('inference')}/predictions/{a.used_model}"
+        return report(a, svc.url, direct_url, svc.proc, svc.ready_s)
 
 
 def report(a: argparse.Namespace, url: str, direct_url: str, proc: subprocess.Popen, ready_s: float) -> int:

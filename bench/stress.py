@@ -20,11 +20,9 @@ import contextlib
 import io
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,8 +34,7 @@ import requests
 from PIL import Image
 
 from bench.load import LoadResult, check_loopback
-from serving.readiness import wait_until_healthy
-from serving.ts_config import free_port
+from bench.service import running_service
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_SECONDS, MAX_REQUESTS = 600.0, 200_000  # hard bounds, whatever the arguments say
@@ -295,24 +292,8 @@ def main() -> int:
     p.add_argument("--kill_at", type=float, default=15.0, help="seconds into the load; < 0: no kill (default 15)")
     p.add_argument("--switch_at", type=float, default=30.0, help="seconds into the load; < 0: no switch (default 30)")
     a = p.parse_args()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, str(REPO / "client_infer.py"), "--model_path", str(a.model_path), "--used_model"]
-    cmd += [a.used_model, "--device", "cpu", "--service_port", str(port), "--host", "127.0.0.1"]
-    with tempfile.TemporaryDirectory(prefix="stress-") as tmp:
-        log = Path(tmp) / "client_infer.log"
-        with log.open("w") as out:
-            env = {**os.environ, "SIMSIAM_TS_PORTS": "free"}
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            if wait_until_healthy(url, proc) is None:
-                print(log.read_text()[-3000:], file=sys.stderr)
-                return 1
-            management = re.search(r"management (http://127\.0\.0\.1:\d+)", log.read_text()).group(1)
-            return 0 if stress(a, url, management, proc.pid) else 1
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            print(f"client_infer.py exited with {proc.wait(60)} after SIGTERM")
+    with running_service(a.model_path, a.used_model) as svc:
+        return 0 if stress(a, svc.url, svc.logged_url("management"), svc.proc.pid) else 1
 
 
 def stress(a: argparse.Namespace, url: str, management: str, pid: int) -> bool:

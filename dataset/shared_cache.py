@@ -49,7 +49,7 @@ class SharedPixels:
         self._allocate()
 
     # Shared memory is inherited through fork (Lightning's ddp launcher, the DataLoader's workers on Linux). A
-    # process that gets the train set pickled instead (strategy ddp_spawn, a spawn start method) starts with an
+    # process that gets the train set pickled instead (a spawn start method) starts with an
     # empty cache of its own: a copy of the arena in the pickle would cost cache_mb per process for nothing.
     _SHARED = ("state", "offset", "shape", "used", "arena", "lock")
 

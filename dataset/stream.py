@@ -1,10 +1,11 @@
 """The unlabelled train images streamed from LitData shards (dataset/shards.py): a local folder or s3://.
 
 LitData's StreamingDataset gives each rank and each loader worker its own chunks (so under DDP every rank reads
-its share, the same number of batches each), downloads remote chunks ahead of use into a local cache of bounded
-size, and shuffles chunks and the samples within them. Each image is decoded as it is met (JPEGs at reduced DCT
-scale); training/pretrain_data.py augments each batch at once in the loader worker, as with a folder.
-Nothing is decoded before the first step, and memory does not grow with the number of images.
+its share, the same number of batches each; `RankShareShuffle` keeps a rank's share the same every epoch),
+downloads remote chunks ahead of use into a local cache of bounded size, and shuffles chunks and the samples
+within them. Each image is decoded as it is met (JPEGs at reduced DCT scale); training/pretrain_data.py
+augments each batch at once in the loader worker, as with a folder. Nothing is decoded before the first
+step, and memory does not grow with the number of images.
 
 Mid-epoch resume: StreamingDataLoader's state (the samples each worker has yielded this epoch) goes into every
 checkpoint through `StreamState`, a callback, and is loaded back before the loader is iterated again: Lightning
@@ -19,14 +20,20 @@ import hashlib
 import json
 import logging
 import os
+from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from filelock import FileLock
 from litdata import StreamingDataLoader, StreamingDataset
+from litdata.streaming import Cache
 from litdata.streaming.downloader import S3Downloader, register_downloader
+from litdata.streaming.item_loader import Interval
+from litdata.streaming.shuffle import FullShuffle, Shuffle
 from litdata.utilities.env import _DistributedEnv
+from litdata.utilities.shuffle import _associate_chunks_and_intervals_to_workers
 
 from dataset.cache import downscale, to_uint8_tensor
 from dataset.reader import Skipped
@@ -59,6 +66,12 @@ class StreamedImages(StreamingDataset):
         # Decoded once, then kept within cache_mb in memory the (forked) loader workers share, by sample index:
         # epochs after the first decode only what did not fit, as with a folder.
         self.pixel_cache = SharedPixels(self.images, cache_mb)
+
+    def _create_shuffler(self, cache: Cache) -> Shuffle:
+        shuffler = super()._create_shuffler(cache)  # a resumed stream's seed and drop_last come from its state
+        if type(shuffler) is FullShuffle:  # not WindowShuffle (parallel file systems), whose chunks stay put already
+            return RankShareShuffle(cache, shuffler.seed, shuffler.drop_last, item_window=shuffler.item_window)
+        return shuffler
 
     def __setstate__(self, state: dict) -> None:  # in a (spawned) loader worker
         self.__dict__.update(state)
@@ -93,6 +106,55 @@ class StreamedImages(StreamingDataset):
         """The files `python -m dataset.shards` left out as unreadable, for model_info.json."""
         for item in read_manifest(self.url).get("left_out", []):
             skipped.items.append((item["path"], item["reason"]))
+
+
+class RankShareShuffle(FullShuffle):
+    """Each rank keeps the pieces of chunks the first epoch dealt it, and every epoch shuffles them among its own
+    loader workers (and the samples within each, as FullShuffle does).
+
+    FullShuffle deals the chunks out to the ranks again every epoch (on one node), so under DDP each rank meets,
+    downloads, decodes and caches nearly every image within a few epochs. With its share fixed a rank decodes and
+    caches 1/world of the images, and its chunks stay in its download cache. Every rank keeps the same number of
+    samples, so the ranks make the same number of steps.
+    """
+
+    @lru_cache(maxsize=10)  # noqa: B019 -- as FullShuffle's: one shuffler per dataset, asked every batch
+    def get_chunks_and_intervals_per_workers(
+        self, distributed_env: _DistributedEnv, num_workers: int, batch_size: int, current_epoch: int
+    ) -> Any:
+        chunk_intervals = self.cache.get_chunk_intervals()
+        if distributed_env.world_size == 1:
+            return self._global_assign(distributed_env, chunk_intervals, num_workers, batch_size, current_epoch)
+        dealt, dealt_intervals = self._global_assign(distributed_env, chunk_intervals, num_workers, batch_size, 1)
+        one_rank = _DistributedEnv(1, 0, 1)
+        workers_chunks: list[list[int]] = []
+        workers_intervals: list[list[Any]] = []
+        for rank in range(distributed_env.world_size):
+            workers = range(rank * num_workers, (rank + 1) * num_workers)
+            pieces = _merge_pieces([(c, list(iv)) for w in workers for c, iv in zip(dealt[w], dealt_intervals[w])])
+            order = np.random.RandomState([self.seed, current_epoch, rank]).permutation(len(pieces))
+            chunks, intervals = _associate_chunks_and_intervals_to_workers(
+                one_rank,
+                [pieces[i][0] for i in order],
+                [Interval(*pieces[i][1]) for i in order],
+                self.drop_last,
+                num_workers,
+                batch_size,
+            )
+            workers_chunks += chunks
+            workers_intervals += intervals
+        return workers_chunks, workers_intervals
+
+
+def _merge_pieces(pieces: list[tuple[int, list[int]]]) -> list[tuple[int, list[int]]]:
+    """A chunk split between two loader workers of one rank, as one piece again."""
+    merged: list[tuple[int, list[int]]] = []
+    for chunk, interval in pieces:
+        if merged and merged[-1][0] == chunk and merged[-1][1][2] == interval[1]:
+            merged[-1][1][2] = interval[2]
+        else:
+            merged.append((chunk, list(interval)))
+    return merged
 
 
 class Boto3S3Downloader(S3Downloader):

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+import psutil
+
 HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "nginx.conf.template"
 HOP_TEMPLATE = HERE / "torchserve.conf.template"
@@ -120,10 +122,19 @@ class Nginx:
         # instead of nginx's fast stop cutting requests in flight.
         self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, start_new_session=True)
 
-    def ready(self, torchserve: str, inference_key: str) -> None:
-        """Route the API to TorchServe: a graceful reload (new workers take new connections, old ones finish)."""
+    def ready(self, torchserve: str, inference_key: str, timeout: float = 15.0) -> None:
+        """Route the API to TorchServe: a graceful reload (new workers take new connections, old ones finish).
+
+        Returns once every worker of the loading configuration has left: until then an old worker still accepts
+        new connections and answers 503, so announcing "ready" earlier would send the first clients a 503.
+        """
+        assert self.proc is not None
+        old = psutil.Process(self.proc.pid).children()
         self.write_config(loading=False, torchserve=torchserve, inference_key=inference_key)
         self.signal(signal.SIGHUP)
+        _, alive = psutil.wait_procs(old, timeout=timeout)
+        if alive:  # the master keeps its old workers when it cannot load the new configuration
+            raise RuntimeError(f"nginx did not switch to its ready configuration within {timeout:.0f} s")
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:

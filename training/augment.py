@@ -77,17 +77,28 @@ class SimSiamAugment:
         On a GPU this is all the loader workers do; `finish` runs on the device after the transfer."""
         return torch.stack([self._crop(im) for im in images] + [self._crop(im) for im in images])
 
-    def finish(self, crops: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    def finish(
+        self, crops: torch.Tensor, generator: torch.Generator | None = None, host: torch.Generator | None = None
+    ) -> list[torch.Tensor]:
         """uint8 2Nx3xSxS crops from `crops`, on any device -> [view0, view1] augmented there (random choices from
-        `generator`, one on that device, default: torch's)."""
-        x = self.augment(crops.float().div_(255), self.draw(len(crops), crops.device, generator))
+        `generator`, one on that device, and `host`, one on the CPU; default: torch's)."""
+        x = self.augment(crops.float().div_(255), self.draw(len(crops), crops.device, generator, host))
         return list(x.chunk(2))
 
     def _crop(self, image: torch.Tensor) -> torch.Tensor:
         return random_resized_crop(image, self.input_size, (self.min_scale, 1.0))
 
-    def draw(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> ViewParams:
-        """Every random choice for n views, drawn on `device` (a GPU draws its own: no host round trip)."""
+    def draw(
+        self,
+        n: int,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+        host: torch.Generator | None = None,
+    ) -> ViewParams:
+        """Every random choice for n views, drawn on `device` from `generator` (a GPU draws its own: no host round
+        trip); the one host-side choice from `host` (default: `generator` if it is a CPU one, else torch's)."""
+        if host is None and generator is not None and generator.device.type == "cpu":
+            host = generator
 
         def rand() -> torch.Tensor:
             return torch.rand(n, device=device, generator=generator)
@@ -102,7 +113,7 @@ class SimSiamAugment:
         contrast = between(max(0.0, 1 - self.cj_contrast), 1 + self.cj_contrast)
         sat = between(max(0.0, 1 - self.cj_sat), 1 + self.cj_sat)
         hue = between(-self.cj_hue, self.cj_hue)
-        order = tuple(torch.randperm(4).tolist())  # which op first: a host-side choice, on the CPU generator
+        order = tuple(torch.randperm(4, generator=host).tolist())  # which op first: a host-side choice
         gray = rand() < self.gray_prob
         blur = rand() < self.blur_prob
         sigma = between(*self.blur_sigmas)

@@ -70,7 +70,8 @@ class SimSiam(pl.LightningModule):
         self.peak_lr = settings.lr * global_batch / 256
         self.collapse_floor = COLLAPSE_FRACTION / math.sqrt(settings.proj_dim)
         self._fit_start = 0.0
-        self._draws: torch.Generator | None = None  # set in on_train_start
+        self._draws: torch.Generator | None = None  # set in on_train_start: on the device ...
+        self._host_draws: torch.Generator | None = None  # ... and on the CPU, for host-side choices
         self._z_std: list[torch.Tensor] = []  # per step, kept on the device: a float() would sync every step
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +95,7 @@ class SimSiam(pl.LightningModule):
         # finish them here, on the GPU, outside autocast (Lightning calls this before training_step).
         x0, x1 = batch
         if x0.dtype == torch.uint8:
-            return self.augment.finish(torch.cat([x0, x1]), self._draws)
+            return self.augment.finish(torch.cat([x0, x1]), self._draws, self._host_draws)
         return batch
 
     def on_train_start(self) -> None:
@@ -103,6 +104,13 @@ class SimSiam(pl.LightningModule):
         # every GPU (the loader workers' seeds already differ per rank).
         self._draws = torch.Generator(device=self.device)
         self._draws.manual_seed(augment_seed(self.settings.seed, self.global_rank))
+        self._host_draws = torch.Generator().manual_seed(augment_seed(self.settings.seed, self.global_rank))
+        # A resumed run's optimiser comes back with the interrupted run's hyperparameters: this run's settings
+        # rule (the encoder's lr is set every step; the predictor's fixed lr, momentum and decay here).
+        for group in self.optimizers().param_groups:
+            group.update(momentum=self.settings.momentum, weight_decay=self.settings.weight_decay)
+            if group["fixed_lr"]:
+                group["lr"] = self.peak_lr
 
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         x0, x1 = batch
@@ -139,7 +147,10 @@ class SimSiam(pl.LightningModule):
         # whichever ends first, so a CPU run stopped by the budget still ends at a low lr.
         progress = self.global_step / self.total_steps
         if self.settings.time_budget_s > 0:
-            progress = max(progress, self.elapsed_s() / self.settings.time_budget_s)
+            elapsed = self.elapsed_s()
+            if self.trainer.world_size > 1:  # one clock, rank 0's: every replica steps with the same lr
+                elapsed = self.trainer.strategy.broadcast(elapsed, src=0)
+            progress = max(progress, elapsed / self.settings.time_budget_s)
         for group in self.optimizers().param_groups:
             if not group["fixed_lr"]:
                 group["lr"] = cosine_lr(self.peak_lr, progress)

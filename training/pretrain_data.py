@@ -10,10 +10,12 @@ finishes the views on its device (SimSiam.on_after_batch_transfer).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Sampler
 
 from dataset.reader import DatasetError, Skipped
 from dataset.shared_cache import SharedImageCache
@@ -58,13 +60,52 @@ def collate_views(batch: list[torch.Tensor]) -> list[torch.Tensor]:
     return batch
 
 
-def pretrain_loader(data: PretrainImages, batch_size: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
-    """The pretraining DataLoader (training, and the benches that time or probe it): shuffled, full batches only."""
+class RankShare(Sampler[int]):
+    """This rank's fixed share of the train set, in a new order every epoch.
+
+    Lightning's DistributedSampler deals the whole shuffled set out again every epoch, so under DDP every rank
+    meets nearly every image within a few epochs and decodes and caches all of them: a node holds devices x the
+    cache and does devices x the decoding. Here the set is dealt out once (a seeded permutation, so each share
+    mixes the classes) and each rank shuffles only its own share: it decodes and caches 1/world of the images.
+    Equal shares (the remainder is left out, as drop_last does), so every rank makes the same number of steps.
+    The rank is read when iterating, inside the training process.
+    """
+
+    def __init__(self, n: int, world: int, seed: int) -> None:
+        self.n, self.world, self.seed = n, world, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.n // self.world
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls it at the start of every epoch
+        self.epoch = epoch
+
+    def indices(self, rank: int) -> torch.Tensor:
+        dealt = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed))
+        share = dealt[rank :: self.world][: len(self)]
+        order = torch.randperm(len(share), generator=torch.Generator().manual_seed(self.seed + 1 + self.epoch))
+        return share[order]
+
+    def __iter__(self) -> Iterator[int]:
+        rank = 0
+        if dist.is_available() and dist.is_initialized():
+            rank = dist.get_rank()
+            if dist.get_world_size() != self.world:
+                raise RuntimeError(f"{dist.get_world_size()} training processes; the sampler was made for {self.world}")
+        return iter(self.indices(rank).tolist())
+
+
+def pretrain_loader(
+    data: PretrainImages, batch_size: int, num_workers: int, pin_memory: bool = False, world: int = 1, seed: int = 0
+) -> DataLoader:
+    """The pretraining DataLoader (training, and the benches that time or probe it): this rank's share, shuffled,
+    full batches only."""
     workers = min(num_workers, os.cpu_count() or 1)
     return DataLoader(
         data,
         batch_size=batch_size,
-        shuffle=True,
+        sampler=RankShare(len(data), world, seed),
         drop_last=True,  # a last batch of 1 would break BatchNorm; batch <= len(data) keeps >= 1 step
         num_workers=workers,
         persistent_workers=workers > 0,

@@ -118,12 +118,19 @@ def refine(
         paths = [paths[i] for i in images.kept]
         labels = [labels[i] for i in images.kept]
     fit, held = stratified_holdout(labels, recipe.holdout, recipe.seed)
-    train, inner, scores, choice_s = fit, None, {}, 0.0
+    train, inner, probe_acc, choice_s = fit, None, 0.0, 0.0
     if recipe.choose:  # the held-out run trains on the inner fit part: it is the recipe's own candidate
         t_choice = time.monotonic()
         inner = inner_split(paths, labels, n_classes, fit, recipe, preset, device)
-        train = inner.fit
-        scores["probe"] = probe_candidate(encoder, inner)
+        if inner.held:
+            train = inner.fit
+            probe_acc = probe_candidate(encoder, inner)
+        else:
+            log.warning(
+                "refine auto: no class of valid has 3 or more images, so nothing is left to choose on; fine-tuning "
+                "without a choice (5 or more labelled images per class recommended)"
+            )
+            inner = None
         choice_s = time.monotonic() - t_choice
     curve: list[dict] = []
 
@@ -142,8 +149,7 @@ def refine(
     choice = None
     if inner is not None:
         t_choice = time.monotonic()
-        scores[f"finetune lr={recipe.lr:g}"] = inner.score(enc, head)
-        choice = choose_recipe(scores, recipe, inner, choice_s + time.monotonic() - t_choice)
+        choice = choose_recipe(probe_acc, inner.score(enc, head), inner, choice_s + time.monotonic() - t_choice)
         if choice.recipe == "probe":
             return _probe(encoder, paths, labels, fit, held, n_classes, preset, device, choice, t0)
 

@@ -73,14 +73,13 @@ def inner_split(
 @dataclass
 class Choice:
     recipe: str  # "probe" or "finetune"
-    lr: float  # the backbone's base learning rate of the chosen fine-tuning (the recipe's for "probe")
     inner_acc: dict[str, float]  # each candidate's accuracy on the inner held-out images
     inner_images: tuple[int, int]  # (inner fit, inner held out)
     seconds: float  # what the choice added to the stage (the probe candidate and the scoring)
 
     def record(self) -> dict:
         return {
-            "chosen": self.recipe if self.recipe == "probe" else f"finetune lr={self.lr:g}",
+            "chosen": self.recipe,
             "inner_acc": {k: round(v, 4) for k, v in self.inner_acc.items()},
             "inner_fit_images": self.inner_images[0],
             "inner_held_out_images": self.inner_images[1],
@@ -102,20 +101,17 @@ def standard_error(a: float, b: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / max(n, 1))
 
 
-def choose_recipe(scores: dict[str, float], recipe: RefineRecipe, inner: InnerSplit, seconds: float) -> Choice:
-    """The best fine-tuning by inner held-out accuracy (the first of equals), unless the probe ("probe" in
-    `scores`) beats it by more than one standard error of that accuracy."""
-    tuned = {k: v for k, v in scores.items() if k != "probe"}
-    best = max(tuned, key=lambda k: tuned[k])
-    if scores["probe"] - tuned[best] > standard_error(scores["probe"], tuned[best], len(inner.held)):
-        best = "probe"
-    lr = recipe.lr if best == "probe" else float(best.split("=")[1])
-    choice = Choice("probe" if best == "probe" else "finetune", lr, scores, (len(inner.fit), len(inner.held)), seconds)
+def choose_recipe(probe: float, finetune: float, inner: InnerSplit, seconds: float) -> Choice:
+    """The fine-tuning, unless the probe's inner held-out accuracy beats it by more than one standard error."""
+    won = probe - finetune > standard_error(probe, finetune, len(inner.held))
+    scores = {"probe": probe, "finetune": finetune}
+    choice = Choice("probe" if won else "finetune", scores, (len(inner.fit), len(inner.held)), seconds)
     log.info(
-        "refine auto: %s on %d inner held-out images (%s), choice %.1f s",
-        choice.record()["chosen"],
+        "refine auto: %s on %d inner held-out images (probe %.4f, fine-tuning %.4f), choice %.1f s",
+        choice.recipe,
         len(inner.held),
-        ", ".join(f"{k} {v:.4f}" for k, v in scores.items()),
+        probe,
+        finetune,
         seconds,
     )
     return choice

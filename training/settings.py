@@ -16,7 +16,8 @@ from typing import Any
 
 BACKBONES = ("resnet18", "resnet34", "resnet50")
 STEMS = ("auto", "cifar", "imagenet")
-STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
+# Not ddp_spawn: its processes train, but their steps and state do not come back to the job's own process.
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
 REFINES = ("finetune", "probe", "auto")
 AUGMENT_PLACES = ("auto", "device", "workers")
@@ -52,7 +53,9 @@ class Settings:
     time_budget_s: float = 0.0  # wall-clock cap on pretraining, 0 = none; cosine decay ends at it
     cache_mb: int = 2048  # memory for decoded, downscaled train images; the rest is read from disk
     cv_folds: int = 5  # stratified folds inside valid for the linear probe's held-out accuracy
-    refine: str = "finetune"  # "finetune": LP-FT of encoder + head on valid (exported); "probe": frozen encoder
+    # "auto": LP-FT of encoder + head on valid unless the frozen encoder's probe beats it on an inner split (the
+    # served model is never worse than its own features); "finetune": LP-FT always; "probe": the frozen encoder
+    refine: str = "auto"
     refine_epochs: int = 30  # fine-tuning epochs over valid (SimCLR: 30 for 10 % labels, 60 for 1 %)
     refine_batch_size: int = 64
     refine_lr: float = 0.2  # fine-tuning backbone base lr; used lr = refine_lr x batch / 256 (docs/benchmarks.md)
@@ -109,7 +112,11 @@ _CHECKS: dict[str, tuple[type, Any, str]] = {
     "refine_time_budget_s": (float, lambda v: v >= 0, "seconds >= 0 (0 = no budget)"),
     "devices": (int, lambda v: 1 <= v <= 1024, "an integer >= 1"),
     "num_nodes": (int, lambda v: 1 <= v <= 4096, "an integer >= 1"),
-    "strategy": (str, lambda v: v in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
+    "strategy": (
+        str,
+        lambda v: v in STRATEGIES,
+        f"one of {', '.join(STRATEGIES)} (not ddp_spawn: its training does not come back to the job; use ddp)",
+    ),
     "resume": (str, lambda v: len(v) < 4096, "'last' or the path of a .ckpt ('' = start afresh)"),
     "precision": (str, lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "init": (

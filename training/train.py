@@ -256,8 +256,10 @@ def pretrain(job: TrainJob, work: Path, train_set: PretrainImages | StreamedImag
     if streamed:
         loader = stream_loader(train_set, batch, s.num_workers, augment_for(s), on_device, pin_memory=pin)
     else:
-        loader = pretrain_loader(train_set, batch, s.num_workers, pin_memory=pin)
-    model = SimSiam(s, steps_per_epoch=len(loader) // world or 1, global_batch=batch * world)
+        loader = pretrain_loader(train_set, batch, s.num_workers, pin_memory=pin, world=world, seed=s.seed)
+    # A folder's loader already holds one rank's share (RankShare); a stream's length is the whole set's.
+    steps_per_epoch = len(loader) // world if streamed else len(loader)
+    model = SimSiam(s, steps_per_epoch=steps_per_epoch or 1, global_batch=batch * world)
     if job.init is not None and job.resume_from is None:  # a resumed run has its own weights in the checkpoint
         apply_init(job.init, model)
         log.info("pretraining starts from %s %s: %s", job.init.kind, job.init.source, ", ".join(job.init.loaded))
@@ -371,6 +373,8 @@ def device_args(s: Settings, device: torch.device, precision: str | None = None)
         "devices": [device.index or 0] if on_gpu and s.devices == 1 else s.devices,
         "num_nodes": s.num_nodes,
         "strategy": s.strategy,
+        # Each rank keeps its own share of a folder's images across epochs (RankShare); a stream deals its own.
+        "use_distributed_sampler": False,
         # SimSiam's BN statistics must span every GPU process, whatever the strategy is called ("auto" with
         # devices > 1 is DDP too). torch's SyncBatchNorm exists for CUDA only, so CPU (gloo) DDP keeps
         # per-process BN -- fine for tests, not a way to train at scale.

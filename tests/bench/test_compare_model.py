@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,9 @@ def test_compare_model_prints_the_three_classifiers(tiny_dataset: Path, trained_
     assert len(lines) == 3, proc.stdout
     rows = {ln[:44].strip(): (float(ln[44:61]), float(ln[61:69])) for ln in lines}
     assert all(0 <= valid <= 1 and 0 <= test <= 1 for valid, test in rows.values())
-    assert rows["SimSiam + finetune (this model)"][0] == trained_model["metric_value"]
+    info = json.loads((Path(trained_model["model_path"]) / "model_info.json").read_text())
+    served = info["metrics"]["refine_choice"]["chosen"]  # the default, refine auto, records what it served
+    assert rows[f"SimSiam + {served} (this model)"][0] == trained_model["metric_value"]
     assert "self-supervision added (test)" in proc.stdout
     assert "both trained on cpu (" in proc.stdout  # the device and precision, as model_info.json recorded them
 

@@ -78,7 +78,7 @@ def test_an_unreadable_file_is_skipped_without_breaking_the_epoch(tiny_dataset: 
 
 
 def test_a_pickled_train_set_starts_with_an_empty_cache_of_its_own(tiny_dataset: Path) -> None:
-    """strategy ddp_spawn pickles the train set into each process: no copy of the arena, a fresh cache."""
+    """A spawned process gets the train set pickled: no copy of the arena, a fresh cache."""
     import pickle
 
     cache = SharedImageCache(read_unlabelled(tiny_dataset), 48, cache_mb=64)

@@ -15,11 +15,13 @@ import pytest
 import torch
 from conftest import TINY_SETTINGS, run_train
 from litdata import StreamingDataset
+from litdata.streaming.shuffle import FullShuffle
+from litdata.utilities.env import _DistributedEnv, _WorkerEnv
 
 from dataset.reader import DatasetError, list_images
 from dataset.shards import MANIFEST
 from dataset.shards import main as shards_main
-from dataset.stream import StreamLoader
+from dataset.stream import RankShareShuffle, StreamedImages, StreamLoader
 from training.settings import build_settings
 from training.train import TrainJob, run
 
@@ -136,9 +138,53 @@ class _Names(StreamingDataset):  # module level: LitData's loader workers are sp
         return super().__getitem__(index)["name"]
 
 
-def test_two_ddp_processes_stream_each_their_share(sharded, tmp_path):
-    """Lightning's launcher, 2 CPU processes: LitData gives each rank its own half of the shards."""
-    settings = {**TINY_SETTINGS, "strategy": "ddp", "devices": 2, "batch_size": 4, "train_shards": str(sharded["out"])}
+@pytest.fixture(scope="module")
+def small_chunks(sharded, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same train images in many small chunks (one or two images each), as a large set has many."""
+    import dataset.shards
+
+    out = tmp_path_factory.mktemp("small-chunks") / "shards"
+    size, dataset.shards.CHUNK_BYTES = dataset.shards.CHUNK_BYTES, "3kB"
+    try:
+        assert shards_main([str(sharded["labelled"].parent / "full"), str(out), "--workers", "1"]) == 0
+    finally:
+        dataset.shards.CHUNK_BYTES = size
+    assert json.loads((out / MANIFEST).read_text())["chunks"] >= 6
+    return out
+
+
+def _met_by_rank(shuffler, world: int, workers: int, batch: int, epoch: int) -> list[set[int]]:
+    _, intervals = shuffler.get_chunks_and_intervals_per_workers(_DistributedEnv(world, 0, 1), workers, batch, epoch)
+    per_worker = [{i for iv in ivs for i in range(iv[1], iv[2])} for ivs in intervals]
+    return [set().union(*per_worker[r * workers : (r + 1) * workers]) for r in range(world)]
+
+
+def test_each_rank_streams_the_same_share_every_epoch(small_chunks):
+    """RankShareShuffle: each rank's samples are the same set in every epoch, disjoint from the other rank's, of
+    equal size, in chunks shuffled anew; LitData's FullShuffle it replaces deals them out again each epoch."""
+    data = StreamedImages(str(small_chunks), keep_side=32, cache_mb=0, seed=5)
+    cache = data._create_cache(worker_env=_WorkerEnv.detect())
+    shuffler = data._create_shuffler(cache)
+    assert isinstance(shuffler, RankShareShuffle)
+    shares = [_met_by_rank(shuffler, 2, 2, 2, epoch) for epoch in range(1, 6)]
+    assert all(share == shares[0] for share in shares)
+    assert len(shares[0][0]) == len(shares[0][1]) == 8 and not shares[0][0] & shares[0][1]  # 17 -> 8 + 8
+    assert len({tuple(shuffler.get_chunks_and_intervals_per_workers(_DistributedEnv(2, 0, 1), 2, 2, e)[0][0])
+                for e in range(1, 6)}) > 1  # fmt: skip
+    full = FullShuffle(cache, 5, True)
+    assert len({frozenset(_met_by_rank(full, 2, 2, 2, epoch)[0]) for epoch in range(1, 6)}) > 1
+
+
+def test_two_ddp_processes_stream_each_their_share(small_chunks, sharded, tmp_path):
+    """Lightning's launcher, 2 CPU processes, 5 epochs: each rank decodes its own half of the shards, not more."""
+    settings = {
+        **TINY_SETTINGS,
+        "strategy": "ddp",
+        "devices": 2,
+        "batch_size": 4,
+        "epochs": 5,
+        "train_shards": str(small_chunks),
+    }
     proc = run_train(sharded["labelled"], tmp_path, trial_name="ddp", settings=settings, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     decoded = sorted(re.findall(r"rank (\d): (\d+) of 17 train images decoded", proc.stderr))

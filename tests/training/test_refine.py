@@ -69,9 +69,10 @@ def test_random_labels_give_chance_held_out_while_the_refined_model_fits_its_tra
     assert "held_out_acc" in [row for row in r.curve if row["run"] == "held-out"][-1]
 
 
-def test_finetune_moves_the_encoder_and_probe_keeps_it_frozen(tiny_dataset, trained_model, tmp_path):
-    """The default (finetune) exports an encoder that moved away from the pretrained checkpoint; refine: probe
-    exports the checkpoint's encoder with the linear probe, and metric_value is the probe's k-fold accuracy."""
+def test_the_served_encoder_is_the_chosen_one_and_probe_keeps_it_frozen(tiny_dataset, trained_model, tmp_path):
+    """The default (auto) records its choice and exports what it chose: a fine-tuned encoder, which moved away
+    from the pretrained checkpoint, or the checkpoint's own; refine: probe exports the checkpoint's encoder with
+    the linear probe, and metric_value is the probe's k-fold accuracy."""
 
     def exported_and_pretrained(model_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         scripted = torch.jit.load(str(model_path / "model.pt"))
@@ -79,12 +80,17 @@ def test_finetune_moves_the_encoder_and_probe_keeps_it_frozen(tiny_dataset, trai
         pretrained = SimSiam.load_from_checkpoint(ckpt, map_location="cpu").backbone
         return scripted.encoder.conv1.weight.detach(), pretrained.conv1.weight.detach()
 
-    finetuned = Path(trained_model["model_path"])
-    info = json.loads((finetuned / "model_info.json").read_text())
-    assert info["metrics"]["refine"] == "finetune" and info["metrics"]["refine_epochs"] == 2
-    assert {"probe_acc", "knn_acc", "refine_curve", "refine_held_out_images"} <= set(info["metrics"])
-    exported, pretrained = exported_and_pretrained(finetuned)
-    assert not torch.allclose(exported, pretrained)
+    served = Path(trained_model["model_path"])
+    info = json.loads((served / "model_info.json").read_text())
+    assert info["metrics"]["refine"] == "auto"
+    assert {"probe_acc", "knn_acc", "refine_curve", "refine_held_out_images", "refine_choice"} <= set(info["metrics"])
+    chosen = info["metrics"]["refine_choice"]["chosen"]
+    exported, pretrained = exported_and_pretrained(served)
+    if chosen == "probe":
+        assert info["metrics"]["refine_epochs"] == 0 and torch.equal(exported, pretrained)
+    else:
+        assert chosen.startswith("finetune") and info["metrics"]["refine_epochs"] == 2
+        assert not torch.allclose(exported, pretrained)
 
     runs = tmp_path / "runs"
     proc = run_train(tiny_dataset, runs, settings={**TINY_SETTINGS, "refine": "probe"})
@@ -146,7 +152,7 @@ def test_refine_auto_chooses_on_an_inner_split_and_runs_the_winner(tmp_path):
     tests/training/test_refine_choice.py)."""
     r = _refine_auto(tmp_path, epochs=2)
     choice = r.choice
-    assert list(choice["inner_acc"]) == ["probe", "finetune lr=0.05"]
+    assert list(choice["inner_acc"]) == ["probe", "finetune"]
     assert choice["chosen"] in choice["inner_acc"]
     assert choice["inner_fit_images"] + choice["inner_held_out_images"] == 48 and len(r.held_out) == 12
     assert r.epochs == (0 if choice["chosen"] == "probe" else 2)
@@ -166,7 +172,7 @@ def test_refine_auto_under_a_budget_uses_the_held_out_run_as_the_fine_tuning_can
     monkeypatch.setattr(refine_module, "finetune", counting_finetune)
     r = _refine_auto(tmp_path, epochs=10_000, time_budget_s=8.0)
     choice = r.choice
-    assert list(choice["inner_acc"]) == ["probe", "finetune lr=0.05"]
+    assert list(choice["inner_acc"]) == ["probe", "finetune"]
     inner_fit = choice["inner_fit_images"]
     assert inner_fit + choice["inner_held_out_images"] == 48 and inner_fit < 48
     if choice["chosen"] == "probe":
@@ -177,12 +183,11 @@ def test_refine_auto_under_a_budget_uses_the_held_out_run_as_the_fine_tuning_can
 
 def test_refine_auto_serves_the_probe_only_when_it_wins_beyond_the_inner_noise():
     """On 96 inner held-out images a probe 2 points ahead is noise (fine-tuning is chosen); an encoder that
-    fine-tuning ruins (0.98 -> 0.27) keeps its frozen features; among fine-tunings the first of equals wins."""
+    fine-tuning ruins (0.98 -> 0.27) keeps its frozen features."""
     inner = InnerSplit([], [], 6, [], list(range(96)), EvalPreset(input_size=32), torch.device("cpu"))
-    recipe = RefineRecipe(lr=0.2)
-    near = choose_recipe({"probe": 0.4375, "finetune lr=0.2": 0.4167}, recipe, inner, 1.0)
-    assert near.recipe == "finetune" and near.lr == 0.2
-    ruined = choose_recipe({"probe": 0.98, "finetune lr=0.2": 0.27}, recipe, inner, 1.0)
+    near = choose_recipe(0.4375, 0.4167, inner, 1.0)
+    assert near.recipe == "finetune" and near.record()["chosen"] == "finetune"
+    ruined = choose_recipe(0.98, 0.27, inner, 1.0)
     assert ruined.recipe == "probe" and ruined.record()["chosen"] == "probe"
     assert standard_error(0.5, 0.5, 100) == pytest.approx(0.05)
 
@@ -195,7 +200,7 @@ def test_refine_auto_serving_the_probe_keeps_the_encoder_and_scores_the_held_out
     paths, labels = _colour_images(tmp_path / "valid", 60, 3)
     encoder = build_backbone("resnet18", small_stem=True)[0].eval()
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    probe_wins = Choice("probe", 0.05, {"probe": 1.0, "finetune lr=0.05": 0.5}, (38, 10), 0.1)
+    probe_wins = Choice("probe", {"probe": 1.0, "finetune": 0.5}, (38, 10), 0.1)
     monkeypatch.setattr(refine_module, "choose_recipe", lambda *a, **k: probe_wins)
     recipe = RefineRecipe(epochs=2, batch_size=8, num_workers=0, choose=True)
     preset, device = EvalPreset(input_size=32), torch.device("cpu")

@@ -108,7 +108,8 @@ def test_a_dataset_error_is_one_line_and_exit_2(tiny_dataset, tmp_path, monkeypa
 
 def test_a_resumed_run_continues_its_time_schedule(tiny_dataset, tmp_path):
     """The cosine schedule's time part counts the interrupted run's seconds too (Lightning's Timer restores them):
-    a run resumed half-way through its budget starts at half the peak lr, not at the peak."""
+    a run resumed half-way through its budget starts at half the peak lr, not at the peak. A resumed run's
+    optimiser takes this run's lr (the predictor's too) and momentum, not the checkpoint's."""
     from datetime import timedelta
 
     import pytorch_lightning as pl
@@ -131,6 +132,8 @@ def test_a_resumed_run_continues_its_time_schedule(tiny_dataset, tmp_path):
                 groups = {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups}
                 seen.append(groups["encoder"] / pl_module.peak_lr)
                 assert groups["predictor"] == pl_module.peak_lr  # the predictor's lr is fixed, by name
+                # this run's settings, also when the optimiser state comes from a run with others
+                assert {g["momentum"] for g in trainer.optimizers[0].param_groups} == {settings.momentum}
                 if steps is not None and len(seen) >= steps:
                     trainer.should_stop = True
 
@@ -155,7 +158,10 @@ def test_a_resumed_run_continues_its_time_schedule(tiny_dataset, tmp_path):
     [key] = [k for k in ckpt["callbacks"] if k.startswith("Timer")]
     ckpt["callbacks"][key]["time_elapsed"]["train"] = 300.0  # as if the first run had trained for half the budget
     torch.save(ckpt, tmp_path / "half.ckpt")
-    longer = build_settings({**TINY_SETTINGS, "epochs": 1000, "time_budget_s": 600})  # step progress stays ~0
+    # step progress stays ~0; another lr and momentum than the interrupted run's: the resumed optimiser takes them
+    longer = build_settings(
+        {**TINY_SETTINGS, "epochs": 1000, "time_budget_s": 600, "lr": 2 * s.lr, "momentum": s.momentum - 0.1}
+    )
     resumed = fit(longer, tmp_path / "half.ckpt", tmp_path, steps=2)
     assert resumed and 0.45 < resumed[0] < 0.55, resumed[:3]  # cos schedule at progress ~0.5, not back at the peak
 
