@@ -65,6 +65,9 @@ def render(template: Path, values: dict[str, object]) -> str:
     return text
 
 
+SWITCHED = "switched"  # written once no worker of the loading configuration is left (nginx.conf.template, /health)
+
+
 class Nginx:
     """`start(loading=True)` listens at once and answers 503 until `ready()`; `stop()` drains, then ends it."""
 
@@ -87,6 +90,7 @@ class Nginx:
             "keepalive_s": 0 if loading else self.limits.keepalive_s,
             "max_body_mib": self.limits.max_body // MiB,
             "openapi": self.prefix / "openapi.json",
+            "switched_file": self.prefix / SWITCHED,
             "torchserve": torchserve,
             "model": quote(self.model_name, safe=""),
             "inference_key": inference_key,
@@ -114,6 +118,7 @@ class Nginx:
         return [nginx_binary(), "-p", str(self.prefix), "-c", "nginx.conf", "-g", "daemon off;"]
 
     def start(self) -> None:
+        (self.prefix / SWITCHED).unlink(missing_ok=True)
         conf = self.write_config(loading=True)
         check = subprocess.run([*self.command()[:-2], "-t", "-q"], capture_output=True, text=True)
         if check.returncode != 0:
@@ -126,7 +131,7 @@ class Nginx:
         """Route the API to TorchServe: a graceful reload (new workers take new connections, old ones finish).
 
         Returns once every worker of the loading configuration has left: until then an old worker still accepts
-        new connections and answers 503, so announcing "ready" earlier would send the first clients a 503.
+        new connections and answers 503, so /health stays 503 (and "ready" unannounced) until then.
         """
         assert self.proc is not None
         old = psutil.Process(self.proc.pid).children()
@@ -135,6 +140,7 @@ class Nginx:
         _, alive = psutil.wait_procs(old, timeout=timeout)
         if alive:  # the master keeps its old workers when it cannot load the new configuration
             raise RuntimeError(f"nginx did not switch to its ready configuration within {timeout:.0f} s")
+        (self.prefix / SWITCHED).touch(mode=0o644)  # /health may answer 200 from now on
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -50,7 +50,8 @@ def test_sigterm_stops_everything(trained_model, tmp_path):
         family = svc.snapshot()
         names = {p.name() for p in family}
         assert "java" in names and any("model_service_worker.py" in " ".join(p.cmdline()) for p in family), names
-        assert requests.post(f"{svc.url}/autotable/predict", json={"content": b64(image_bytes())}, timeout=60).ok
+        r = requests.post(f"{svc.url}/autotable/predict", json={"content": b64(image_bytes())}, timeout=60)
+        assert r.ok, (r.status_code, r.text, svc.output()[-3000:])
         run_dir = Path(re.search(r"--model-store (\S+)/model-store", svc.output()).group(1))
         assert run_dir.is_dir()
         t0 = time.monotonic()
