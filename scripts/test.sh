@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: set-up, lint, then the test suite (slow and GPU tiers are opt-in: -m slow).
 # Without arguments the 60 s load test (-m load, ~2 min) runs too, as a second pytest run.
-# A fresh clone on a 2-core machine without AVX-512: ~33 min (set-up ~4 min, 419 tests ~28 min, load ~2 min).
+# A fresh clone on a 2-core machine without AVX-512: ~31 min (set-up ~4 min, 423 tests ~24 min, load ~2 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
